@@ -1,0 +1,1 @@
+"""dlg_jax: Deep Leakage from Gradients in JAX."""
