@@ -1,0 +1,165 @@
+"""Image classifiers attacked by DLG, as pure Flax modules.
+
+`LeNet` is the sigmoid network of the DLG paper's release; `ConvNet` and `ResNet`
+take a selectable activation so that one can see where gradient leakage weakens
+(ReLU, depth, width). Every model maps `[batch, h, w, c]` images in [0, 1] to
+`[batch, num_classes]` logits and is a pure function of its parameters.
+"""
+
+from collections.abc import Callable, Sequence
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'sigmoid': nn.sigmoid,
+    'relu': nn.relu,
+    'tanh': jnp.tanh,
+    'gelu': nn.gelu,
+    'softplus': nn.softplus,
+    'swish': nn.swish,
+    'elu': nn.elu,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """Returns the activation called `name`, or raises a ValueError naming it."""
+  if name not in ACTIVATIONS:
+    raise ValueError(
+        f'Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.')
+  return ACTIVATIONS[name]
+
+
+def _uniform(scale: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
+
+
+class LeNet(nn.Module):
+  """The DLG paper's LeNet: three 5x5 convolutions of 12 channels, one dense.
+
+  Strides 2, 2, 1 with padding 2 (as PyTorch's `padding=5 // 2`), sigmoid
+  activations, and weights and biases drawn from uniform(-0.5, 0.5) as in the
+  paper's release; 32x32 inputs give 768 features, 28x28 inputs 588.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019.
+  """
+  num_classes: int = 100
+  activation: str = 'sigmoid'
+  init_scale: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    init = _uniform(self.init_scale)
+    conv = functools.partial(
+        nn.Conv, features=12, kernel_size=(5, 5), padding=((2, 2), (2, 2)),
+        kernel_init=init, bias_init=init)
+    x = act(conv(strides=(2, 2))(x))
+    x = act(conv(strides=(2, 2))(x))
+    x = act(conv(strides=(1, 1))(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
+
+
+class ConvNet(nn.Module):
+  """A VGG-style ConvNet: stages of two 3x3 convolutions and 2x2 average pooling.
+
+  No normalisation layers, so that a client's gradient is a function of its own
+  batch alone.
+  """
+  num_classes: int = 100
+  activation: str = 'relu'
+  widths: Sequence[int] = (32, 64, 128)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    for width in self.widths:
+      x = act(nn.Conv(width, (3, 3))(x))
+      x = act(nn.Conv(width, (3, 3))(x))
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes)(x)
+
+
+class ResidualBlock(nn.Module):
+  """A basic residual block (two 3x3 convolutions) without normalisation."""
+  width: int
+  strides: int
+  activation: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    y = act(nn.Conv(self.width, (3, 3), strides=self.strides)(x))
+    y = nn.Conv(self.width, (3, 3))(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.width, (1, 1), strides=self.strides)(x)
+    return act(x + y)
+
+
+class ResNet(nn.Module):
+  """A small ResNet: a 3x3 stem, then `blocks` residual blocks per stage."""
+  num_classes: int = 100
+  activation: str = 'relu'
+  widths: Sequence[int] = (16, 32, 64)
+  blocks: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    x = act(nn.Conv(self.widths[0], (3, 3))(x))
+    for stage, width in enumerate(self.widths):
+      for block in range(self.blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(width, strides, self.activation)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+MODELS = {'lenet': LeNet, 'convnet': ConvNet, 'resnet': ResNet}
+
+
+def get_model(name: str, *, num_classes: int, activation: str | None = None,
+              **kwargs) -> nn.Module:
+  """Builds the model called `name`.
+
+  Args:
+    name: one of `MODELS`.
+    num_classes: number of output classes.
+    activation: a name from `ACTIVATIONS`; None keeps the model's default
+      (sigmoid for LeNet, ReLU otherwise).
+    **kwargs: other fields of the model class (e.g. `widths`).
+
+  Returns:
+    The Flax module.
+  """
+  if name not in MODELS:
+    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(MODELS)}.')
+  if num_classes < 1:
+    raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+  if activation is not None:
+    get_activation(activation)
+    kwargs['activation'] = activation
+  return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def init_params(model: nn.Module, key: jax.Array,
+                image_shape: Sequence[int]):
+  """Initialises `model` for images of `image_shape` `[h, w, c]`."""
+  if len(image_shape) != 3:
+    raise ValueError(
+        f'image_shape must be [h, w, c], got {tuple(image_shape)}.')
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))['params']
+
+
+def make_apply_fn(model: nn.Module):
+  """Returns `(params, x) -> logits`, the model as a pure function of params."""
+  def apply_fn(params, x: jax.Array) -> jax.Array:
+    return model.apply({'params': params}, x)
+  return apply_fn
