@@ -1,0 +1,472 @@
+"""The DLG attack: optimise dummy data until its gradient matches the shared one.
+
+The attack is written for ONE job, meaning one target gradient and one random
+restart, as pure functions over an `AttackState` pytree (`init_state`,
+`attack_step`, `run_steps`). `jax.vmap` adds jobs. `reconstruct` is the runner:
+it vmaps many jobs, jit-compiles chunks of `lax.scan` steps, and between
+chunks it logs, drops jobs that have converged, and times each target.
+
+A target is the gradient one client shares for a batch of `batch` examples
+(1 in the DLG paper's main experiments). The dummy data is `[batch, h, w, c]`.
+
+References:
+  Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019.
+  Zhao, Mopuri and Bilen, "iDLG: Improved Deep Leakage from Gradients", 2020.
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import math
+import time
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+import optax
+
+from dlg_jax import client
+from dlg_jax import labels as labels_lib
+from dlg_jax import objectives
+from dlg_jax import optim
+
+LABEL_MODES = ('analytic', 'joint', 'known')
+INITS = ('grey', 'uniform', 'randn')
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """What the attacker does, for one job. Hashable, so jit treats it as static.
+
+  Attributes:
+    apply_fn: `(params, x) -> logits`, the shared model.
+    image_shape: `(h, w, c)` of one example.
+    num_classes: the classifier's output count.
+    batch: examples behind one shared gradient.
+    label_mode: 'analytic' reads the label off the gradient (iDLG; exact for
+      batch 1), 'joint' optimises dummy label logits with the image (DLG),
+      'known' gives the attacker the true labels.
+    distance: gradient distance, 'l2' (DLG) or 'cosine' (Geiping et al.).
+    tv_weight: weight of the total-variation prior.
+    layer_weights: optional `((path, weight), ...)` weighting named layers
+      of the gradient (paths as 'Dense_0' or 'Conv_1/kernel'); others weigh 1.
+    optimizer: a name from `optim.OPTIMIZERS`.
+    learning_rate: Adam's peak learning rate.
+    memory_size: L-BFGS memory.
+    num_steps: most optimiser steps per job.
+    init: dummy start, 'grey' (0.5 plus `init_scale` Gaussian noise),
+      'uniform' on [0, 1] (the DLG release), or 'randn' (standard normal).
+    init_scale: noise scale of the 'grey' start.
+    tol: a job stops once its distance is below `tol * ||target||^2` (l2) or
+      `tol` (cosine).
+    snapshot_steps: iterations at which the reconstruction is recorded.
+    success_psnr: with ground truth given, the PSNR counted as a recovery
+      (for time-to-success measurements).
+  """
+  apply_fn: Callable[..., jax.Array]
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  batch: int = 1
+  label_mode: str = 'analytic'
+  distance: str = 'l2'
+  tv_weight: float = 0.0
+  layer_weights: tuple[tuple[str, float], ...] = ()
+  optimizer: str = 'lbfgs'
+  learning_rate: float = 0.1
+  memory_size: int = 100
+  num_steps: int = 6000
+  init: str = 'grey'
+  init_scale: float = 0.05
+  tol: float = 1e-8
+  snapshot_steps: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000)
+  success_psnr: float = 30.0
+
+  def __post_init__(self):
+    if self.label_mode not in LABEL_MODES:
+      raise ValueError(f'Unknown label_mode {self.label_mode!r}; choose one '
+                       f'of {list(LABEL_MODES)}.')
+    if self.label_mode == 'analytic' and self.batch != 1:
+      raise ValueError('label_mode="analytic" (iDLG) is exact for batch 1 '
+                       f'only; got batch={self.batch}.')
+    if self.init not in INITS:
+      raise ValueError(f'Unknown init {self.init!r}; choose one of '
+                       f'{list(INITS)}.')
+    objectives.get_distance(self.distance)
+    if self.optimizer not in optim.OPTIMIZERS:
+      raise ValueError(f'Unknown optimizer {self.optimizer!r}; choose one of '
+                       f'{list(optim.OPTIMIZERS)}.')
+    if self.num_steps < 1:
+      raise ValueError(f'num_steps must be >= 1, got {self.num_steps}.')
+    if self.batch < 1:
+      raise ValueError(f'batch must be >= 1, got {self.batch}.')
+
+  @property
+  def opt(self) -> optax.GradientTransformationExtraArgs:
+    return optim.get_optimizer(
+        self.optimizer, learning_rate=self.learning_rate,
+        memory_size=self.memory_size, num_steps=self.num_steps)
+
+
+class AttackState(NamedTuple):
+  """One job's state. `variables` holds 'x' and, when joint, 'logits'."""
+  variables: dict[str, jax.Array]
+  opt_state: Any
+  best: dict[str, jax.Array]
+  best_value: jax.Array
+  step: jax.Array
+  converged_step: jax.Array
+  success_step: jax.Array
+  snapshots: jax.Array  # [num_snapshots, batch, h, w, c]
+
+
+class Target(NamedTuple):
+  """What one job attacks: the shared gradient and the attacker's labels.
+
+  `labels` are `[batch, num_classes]`: the iDLG label (analytic), the true
+  one (known) or unused (joint). `ground_truth` `[batch, h, w, c]` is only
+  used to record when the reconstruction first passes `success_psnr`.
+  """
+  grads: Any
+  labels: jax.Array
+  ground_truth: jax.Array
+
+
+def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
+  if not attack.layer_weights:
+    return None
+  table = dict(attack.layer_weights)
+  paths = [jax.tree_util.keystr(p, simple=True, separator='/')
+           for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+  unknown = [k for k in table if not any(
+      p == k or p.startswith(k + '/') for p in paths)]
+  if unknown:
+    raise ValueError(f'layer_weights names {unknown} match no gradient leaf; '
+                     f'leaves are {paths}.')
+
+  def weight(path):
+    path = jax.tree_util.keystr(path, simple=True, separator='/')
+    for key, value in table.items():
+      if path == key or path.startswith(key + '/'):
+        return jnp.float32(value)
+    return jnp.float32(1.0)
+  return jax.tree_util.tree_map_with_path(lambda p, _: weight(p), grads)
+
+
+def dummy_labels(attack: Attack, variables: dict[str, jax.Array],
+                 target: Target) -> jax.Array:
+  """The `[batch, num_classes]` soft labels the dummy gradient is taken at."""
+  if attack.label_mode == 'joint':
+    return jax.nn.softmax(variables['logits'])
+  return target.labels
+
+
+def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
+              target: Target) -> jax.Array:
+  """Distance between the dummy data's gradient and the target, plus priors."""
+  grads = client.gradient(attack.apply_fn, params, variables['x'],
+                          dummy_labels(attack, variables, target))
+  distance = objectives.get_distance(attack.distance)
+  value = distance(grads, target.grads, _layer_weight_tree(attack, grads))
+  if attack.tv_weight:
+    value += attack.tv_weight * jnp.mean(
+        jax.vmap(objectives.total_variation)(variables['x']))
+  return value
+
+
+def _tolerance(attack: Attack, target: Target) -> jax.Array:
+  if attack.distance == 'l2':
+    norm = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(target.grads))
+    return attack.tol * norm
+  return jnp.asarray(attack.tol, jnp.float32)
+
+
+def _psnr(x: jax.Array, ref: jax.Array) -> jax.Array:
+  mse = jnp.mean(jnp.square(jnp.clip(x, 0.0, 1.0) - ref))
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def init_state(attack: Attack, key: ArrayLike) -> AttackState:
+  """A job's starting point: dummy data (and label logits) from `key`."""
+  shape = (attack.batch, *attack.image_shape)
+  key_x, key_y = jax.random.split(key)
+  if attack.init == 'grey':
+    x = 0.5 + attack.init_scale * jax.random.normal(key_x, shape)
+  elif attack.init == 'uniform':
+    x = jax.random.uniform(key_x, shape)
+  else:
+    x = jax.random.normal(key_x, shape)
+  variables = {'x': x}
+  if attack.label_mode == 'joint':
+    variables['logits'] = jax.random.normal(
+        key_y, (attack.batch, attack.num_classes))
+  num_snapshots = len(attack.snapshot_steps)
+  return AttackState(
+      variables=variables,
+      opt_state=attack.opt.init(variables),
+      best=variables,
+      best_value=jnp.asarray(jnp.inf, jnp.float32),
+      step=jnp.zeros((), jnp.int32),
+      converged_step=jnp.full((), -1, jnp.int32),
+      success_step=jnp.full((), -1, jnp.int32),
+      snapshots=jnp.zeros((num_snapshots, *shape), jnp.float32))
+
+
+def attack_step(attack: Attack, params: Any, state: AttackState,
+                target: Target) -> AttackState:
+  """One optimiser step of one job."""
+  fn = lambda v: objective(attack, params, v, target)
+  value, grad = jax.value_and_grad(fn)(state.variables)
+  improved = jnp.isfinite(value) & (value < state.best_value)
+  best = jax.tree.map(lambda a, b: jnp.where(improved, a, b),
+                      state.variables, state.best)
+  best_value = jnp.where(improved, value, state.best_value)
+  # Snapshots record the best point so far: what the attacker would keep.
+  hit = jnp.asarray(attack.snapshot_steps) == state.step
+  snapshots = jnp.where(hit[:, None, None, None, None], best['x'][None],
+                        state.snapshots)
+  converged_step = jnp.where(
+      (state.converged_step < 0) & (best_value <= _tolerance(attack, target)),
+      state.step, state.converged_step)
+  success = _psnr(best['x'], target.ground_truth) >= attack.success_psnr
+  success_step = jnp.where((state.success_step < 0) & success, state.step,
+                           state.success_step)
+  updates, opt_state = attack.opt.update(
+      grad, state.opt_state, state.variables, value=value, grad=grad,
+      value_fn=fn)
+  variables = optax.apply_updates(state.variables, updates)
+  return AttackState(variables, opt_state, best, best_value, state.step + 1,
+                     converged_step, success_step, snapshots)
+
+
+def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
+              num_steps: int) -> AttackState:
+  """`num_steps` steps of one job under `lax.scan`."""
+  def body(state, _):
+    return attack_step(attack, params, state, target), None
+  state, _ = jax.lax.scan(body, state, None, length=num_steps)
+  return state
+
+
+def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
+                ground_truth: ArrayLike | None = None) -> Target:
+  """The attacker's view of one shared gradient.
+
+  Args:
+    attack: the attack.
+    grads: the shared gradient.
+    true_labels: `[batch]` int labels; used only in 'known' mode.
+    ground_truth: optional `[batch, h, w, c]`, for success-step bookkeeping.
+
+  Returns:
+    A `Target`.
+  """
+  if attack.label_mode == 'analytic':
+    label = labels_lib.idlg_label(grads, attack.num_classes)
+    onehot = jax.nn.one_hot(label[None], attack.num_classes)
+  else:
+    onehot = jax.nn.one_hot(jnp.asarray(true_labels), attack.num_classes)
+  if ground_truth is None:
+    # A NaN reference never counts as a success.
+    ground_truth = jnp.full((attack.batch, *attack.image_shape), jnp.nan)
+  return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32))
+
+
+class Result(NamedTuple):
+  """What `reconstruct` returns, per target (restarts reduced to the best).
+
+  Attributes:
+    x: `[n, batch, h, w, c]` best reconstruction, by gradient distance.
+    labels: `[n, batch]` the attacker's labels for it.
+    distance: `[n]` its objective value.
+    restart: `[n]` which restart won.
+    steps: `[n]` steps run by the winning restart.
+    converged_step: `[n]` first step below tolerance, -1 if never.
+    success_step: `[n]` first step at `success_psnr`, -1 if never (or no
+      ground truth).
+    seconds: `[n]` attack wall time of the target, all restarts, compile
+      excluded.
+    seconds_per_step: `[n]` the target's seconds over its steps, restarts
+      summed.
+    snapshots: `[num_snapshots, n, batch, h, w, c]` of the winning restart.
+    diverged: `[n]` whether every restart diverged (never finite).
+    compile_seconds: total compile time of the run.
+  """
+  x: np.ndarray
+  labels: np.ndarray
+  distance: np.ndarray
+  restart: np.ndarray
+  steps: np.ndarray
+  converged_step: np.ndarray
+  success_step: np.ndarray
+  seconds: np.ndarray
+  seconds_per_step: np.ndarray
+  snapshots: np.ndarray
+  diverged: np.ndarray
+  compile_seconds: float
+
+
+def _bucket(n: int) -> int:
+  """The padded batch size for `n` jobs: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+
+  Sizes of 2^k and 3 * 2^(k-1) cap the padding waste at 1.5x while keeping
+  the number of compiled sizes logarithmic.
+  """
+  if n <= 2:
+    return n
+  k = math.floor(math.log2(n))
+  for size in (2 ** k, 3 * 2 ** (k - 1), 2 ** (k + 1)):
+    if size >= n:
+      return size
+  raise AssertionError(n)
+
+
+def _take(tree: Any, index: np.ndarray) -> Any:
+  return jax.tree.map(lambda a: a[index], tree)
+
+
+def reconstruct(
+    attack: Attack,
+    params: Any,
+    grads: Any,
+    true_labels: ArrayLike,
+    key: ArrayLike,
+    *,
+    restarts: int = 1,
+    ground_truth: ArrayLike | None = None,
+    chunk_size: int = 250,
+    max_parallel: int | None = None,
+    log_every_seconds: float = 10.0,
+) -> Result:
+  """Runs the attack on many targets at once and keeps the best restart.
+
+  All targets x restarts run as one vmapped batch of jobs in jitted chunks
+  of `chunk_size` steps. After each chunk, jobs that converged leave the
+  batch, and the batch is repacked into a smaller compiled size. This way a
+  few slow targets do not make every target pay for their steps.
+
+  Args:
+    attack: the attack.
+    params: the shared model's parameters.
+    grads: the shared gradients, each leaf with a leading `[n]` target axis.
+    true_labels: `[n, batch]` int labels, used for 'known' label mode.
+    key: PRNG key for the dummy starts.
+    restarts: random restarts per target; the lowest final distance wins.
+    ground_truth: optional `[n, batch, h, w, c]` images, to record the step
+      of success (never used by the attack itself).
+    chunk_size: steps per compiled chunk.
+    max_parallel: most jobs run at once (memory bound); None runs all.
+    log_every_seconds: progress logging interval.
+
+  Returns:
+    A `Result`.
+  """
+  n = jax.tree.leaves(grads)[0].shape[0]
+  true_labels = jnp.asarray(true_labels).reshape(n, attack.batch)
+  if ground_truth is not None:
+    ground_truth = jnp.asarray(ground_truth, jnp.float32).reshape(
+        n, attack.batch, *attack.image_shape)
+  if restarts < 1:
+    raise ValueError(f'restarts must be >= 1, got {restarts}.')
+  targets = jax.vmap(lambda g, y, gt: make_target(attack, g, y, gt),
+                     in_axes=(0, 0, None if ground_truth is None else 0))(
+                         grads, true_labels, ground_truth)
+  num_jobs = n * restarts
+  job_target = np.repeat(np.arange(n), restarts)
+  keys = jax.random.split(key, num_jobs)
+  max_parallel = num_jobs if max_parallel is None else max(1, max_parallel)
+
+  init_fn = jax.jit(jax.vmap(lambda k: init_state(attack, k)))
+  compiled: dict[tuple[int, int], Any] = {}
+  compile_seconds = 0.0
+
+  def get_chunk_fn(size: int, length: int, states, job_targets):
+    nonlocal compile_seconds
+    if (size, length) not in compiled:
+      fn = jax.jit(jax.vmap(
+          lambda s, t: run_steps(attack, params, s, t, length)),
+                   donate_argnums=0)
+      start = time.perf_counter()
+      compiled[size, length] = fn.lower(states, job_targets).compile()
+      compile_seconds += time.perf_counter() - start
+    return compiled[size, length]
+
+  start = time.perf_counter()
+  jax.block_until_ready(init_fn(keys[:1]))
+  compile_seconds += time.perf_counter() - start
+
+  final: list[Any] = [None] * num_jobs
+  seconds = np.zeros(num_jobs)
+  pending = np.arange(num_jobs)
+  last_log = time.perf_counter()
+  while pending.size:
+    active, pending = pending[:max_parallel], pending[max_parallel:]
+    states = init_fn(keys[active])
+    steps_done = 0
+    while active.size:
+      length = min(chunk_size, attack.num_steps - steps_done)
+      size = _bucket(active.size)
+      slots = np.concatenate([np.arange(active.size),
+                              np.zeros(size - active.size, int)])
+      job_targets = _take(targets, job_target[active][slots])
+      padded = _take(states, slots) if size != active.size else states
+      fn = get_chunk_fn(size, length, padded, job_targets)
+      start = time.perf_counter()
+      states = jax.block_until_ready(fn(padded, job_targets))
+      # Each running job pays an equal share of the chunk, padding included.
+      seconds[active] += (time.perf_counter() - start) / active.size
+      steps_done += length
+      converged, best_value = jax.device_get(
+          (states.converged_step[:active.size],
+           states.best_value[:active.size]))
+      done = (converged >= 0) | (steps_done >= attack.num_steps)
+      for slot in np.nonzero(done)[0]:
+        final[active[slot]] = jax.device_get(_take(states, slot))
+      keep = np.nonzero(~done)[0]
+      if keep.size:
+        states = _take(states, keep)
+      active = active[keep]
+      if time.perf_counter() - last_log > log_every_seconds:
+        last_log = time.perf_counter()
+        logging.info(
+            '%d/%d jobs finished; %d running at step %d, best distance %.3g',
+            num_jobs - active.size - pending.size, num_jobs, active.size,
+            steps_done, float(np.min(best_value)))
+  target_labels = jax.device_get(jnp.argmax(targets.labels, axis=-1))
+  return _reduce_restarts(attack, final, target_labels, seconds, n, restarts,
+                          compile_seconds)
+
+
+def _reduce_restarts(attack: Attack, final: Sequence[AttackState],
+                     target_labels: np.ndarray, seconds: np.ndarray, n: int,
+                     restarts: int, compile_seconds: float) -> Result:
+  """Keeps each target's restart of lowest distance; diverged ones never win."""
+  states = jax.tree.map(lambda *a: np.stack(a), *final)
+  states = jax.tree.map(lambda a: a.reshape(n, restarts, *a.shape[1:]),
+                        states)
+  values = np.where(np.isfinite(states.best_value), states.best_value, np.inf)
+  winner = np.argmin(values, axis=1)
+  pick = lambda a: a[np.arange(n), winner]
+  best = jax.tree.map(pick, states.best)
+  steps = pick(states.step)
+  if attack.label_mode == 'joint':
+    labels = np.argmax(best['logits'], axis=-1)
+  else:
+    labels = np.asarray(target_labels)
+  snapshots = pick(states.snapshots)
+  # Snapshot steps the job never reached show its final reconstruction.
+  unreached = np.asarray(attack.snapshot_steps)[None, :] >= steps[:, None]
+  snapshots = np.where(unreached[..., None, None, None, None],
+                       best['x'][:, None], snapshots)
+  total_seconds = seconds.reshape(n, restarts).sum(axis=1)
+  total_steps = states.step.sum(axis=1)
+  return Result(
+      x=best['x'], labels=labels,
+      distance=pick(states.best_value), restart=winner, steps=steps,
+      converged_step=pick(states.converged_step),
+      success_step=pick(states.success_step), seconds=total_seconds,
+      seconds_per_step=total_seconds / np.maximum(total_steps, 1),
+      snapshots=np.moveaxis(snapshots, 1, 0),
+      diverged=~np.isfinite(values).any(axis=1),
+      compile_seconds=compile_seconds)
