@@ -38,6 +38,59 @@ def _uniform(scale: float):
   return init
 
 
+def _patches(x: jax.Array, kernel_size: tuple[int, int],
+             strides: tuple[int, int],
+             padding: str | Sequence[tuple[int, int]]) -> jax.Array:
+  """`[b, h, w, c]` -> `[b, h_out, w_out, kh * kw * c]` patches, by slicing.
+
+  Strided slices (and, for the gradient, their transposes: pads and adds)
+  keep every derivative of the convolution free of grouped convolutions.
+  """
+  (kh, kw), (sh, sw) = kernel_size, strides
+  _, h, w, _ = x.shape
+  if isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding)
+  else:
+    pads = tuple(tuple(p) for p in padding)
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  h_out = (x.shape[1] - kh) // sh + 1
+  w_out = (x.shape[2] - kw) // sw + 1
+  return jnp.concatenate([
+      x[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw]
+      for i in range(kh) for j in range(kw)], axis=-1)
+
+
+class Conv(nn.Module):
+  """A 2-D convolution computed as image patches times a matrix.
+
+  Same parameters (`kernel` `[kh, kw, c_in, c_out]`, `bias`) and outputs as
+  `flax.linen.Conv`, but built from strided slices and a matrix product.
+  This matters for gradient inversion: the attack differentiates the
+  client's weight gradient and vmaps it over many dummy images, and through
+  `lax.conv` that becomes `batch_group_count` convolutions, which XLA's CPU
+  backend runs ~10x slower per example than one at a time. In matrix form
+  the same objective costs 0.45 ms alone and 0.42 ms per image vmapped over
+  8 (DLG LeNet, 2-core CPU), against 0.75 ms and 10 ms with `nn.Conv`.
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: str | Sequence[tuple[int, int]] = 'SAME'
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    c_in = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, c_in, self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    patches = _patches(x, (kh, kw), tuple(self.strides), self.padding)
+    kernel = kernel.reshape(kh * kw * c_in, self.features)
+    return patches @ kernel + bias
+
+
 class LeNet(nn.Module):
   """The DLG paper's LeNet: three 5x5 convolutions of 12 channels, one dense.
 
@@ -57,7 +110,7 @@ class LeNet(nn.Module):
     act = get_activation(self.activation)
     init = _uniform(self.init_scale)
     conv = functools.partial(
-        nn.Conv, features=12, kernel_size=(5, 5), padding=((2, 2), (2, 2)),
+        Conv, features=12, kernel_size=(5, 5), padding=((2, 2), (2, 2)),
         kernel_init=init, bias_init=init)
     x = act(conv(strides=(2, 2))(x))
     x = act(conv(strides=(2, 2))(x))
@@ -80,8 +133,8 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
     for width in self.widths:
-      x = act(nn.Conv(width, (3, 3))(x))
-      x = act(nn.Conv(width, (3, 3))(x))
+      x = act(Conv(width, (3, 3))(x))
+      x = act(Conv(width, (3, 3))(x))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(self.num_classes)(x)
@@ -96,10 +149,10 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
-    y = act(nn.Conv(self.width, (3, 3), strides=self.strides)(x))
-    y = nn.Conv(self.width, (3, 3))(y)
+    y = act(Conv(self.width, (3, 3), strides=(self.strides, self.strides))(x))
+    y = Conv(self.width, (3, 3))(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.width, (1, 1), strides=self.strides)(x)
+      x = Conv(self.width, (1, 1), strides=(self.strides, self.strides))(x)
     return act(x + y)
 
 
@@ -113,7 +166,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
-    x = act(nn.Conv(self.widths[0], (3, 3))(x))
+    x = act(Conv(self.widths[0], (3, 3))(x))
     for stage, width in enumerate(self.widths):
       for block in range(self.blocks):
         strides = 2 if stage > 0 and block == 0 else 1
