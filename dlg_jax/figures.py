@@ -59,7 +59,7 @@ def _makedirs_for(path: str) -> None:
 def save_reconstruction_grid(path: str | os.PathLike[str],
                              ground_truth: ArrayLike,
                              snapshots: ArrayLike,
-                             steps: Sequence[int],
+                             steps: Sequence[int | str],
                              *,
                              labels: Sequence[str] | None = None,
                              scale: int = 3) -> None:
@@ -80,7 +80,8 @@ def save_reconstruction_grid(path: str | os.PathLike[str],
     ground_truth: the private images `[n, h, w, c]`, `c` 1 or 3.
     snapshots: reconstructions `[s, n, h, w, c]`, `snapshots[i]` taken at
       iteration `steps[i]`.
-    steps: `s` iteration numbers for the header.
+    steps: `s` iteration numbers for the header (a string, such as
+      'final', is shown as it is).
     labels: optional `n` strings, e.g. true and recovered labels, one per row.
     scale: integer upscaling factor, >= 1.
 
@@ -93,7 +94,7 @@ def save_reconstruction_grid(path: str | os.PathLike[str],
   """
   gt = np.asarray(ground_truth)
   snaps = np.asarray(snapshots)
-  steps = [int(s) for s in steps]
+  steps = [s if isinstance(s, str) else int(s) for s in steps]
   if gt.ndim != 4 or gt.shape[-1] not in (1, 3):
     raise ValueError(
         f'ground_truth must be [n, h, w, c] with c 1 or 3, got {gt.shape}.')
@@ -115,7 +116,8 @@ def save_reconstruction_grid(path: str | os.PathLike[str],
 
   n, h, w, _ = gt.shape
   cell_h, cell_w = h * scale, w * scale
-  headers = ['Ground truth'] + [f'iter={s}' for s in steps]
+  headers = ['Ground truth'] + [
+      s if isinstance(s, str) else f'iter={s}' for s in steps]
   font = _font()
   measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
   col_w = max([cell_w] + [_text_width(measure, t, font) + _TEXT_PAD
