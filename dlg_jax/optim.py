@@ -25,12 +25,11 @@ import optax
 
 
 class LbfgsState(NamedTuple):
-  """State of `lbfgs`. Vectors are flat `[n]`; memory is `[memory_size, n]`."""
+  """State of `lbfgs`. Vectors are flat `[n]`."""
   x: jax.Array        # last accepted point
   value: jax.Array    # its objective value (inf before the first evaluation)
   grad: jax.Array     # its gradient
-  s: jax.Array        # memory of accepted steps, one per slot
-  y: jax.Array        # memory of gradient differences
+  memory: jax.Array   # [2 * memory_size, n]: steps s_i, then gradient diffs y_i
   sy: jax.Array       # [memory_size, memory_size]: <s_i, y_j>
   yy: jax.Array       # [memory_size, memory_size]: <y_i, y_j>
   age: jax.Array      # [memory_size] push count when written, -1 if empty
@@ -40,15 +39,17 @@ class LbfgsState(NamedTuple):
   accepted: jax.Array  # whether the last evaluated candidate was accepted
 
 
-def _inverse_hessian_times(g: jax.Array, state: LbfgsState) -> jax.Array:
-  """The L-BFGS inverse Hessian times `g`, in compact form.
+def _compact_coefficients(sg: jax.Array, yg: jax.Array, state: LbfgsState
+                          ) -> jax.Array:
+  """Coefficients `c` with `H g = gamma g + c @ memory`, from `S g` and `Y g`.
 
-  `H = gamma I + [S, gamma Y] M [S, gamma Y]^T` with the small middle matrix
-  built from `R = triu(S^T Y)` and `D = diag(S^T Y)` in chronological order.
-  This takes a few matrix-vector products and one triangular solve, with no
-  sequential loop over the memory. The two-loop recursion needs such a loop,
-  which under `vmap` becomes a batched gather per pair and on accelerators a
-  kernel launch per pair.
+  The compact form of the L-BFGS inverse Hessian:
+  `H = gamma I + [S, gamma Y] M [S, gamma Y]^T`, where the small middle
+  matrix `M` is built from `R = triu(S^T Y)` and `D = diag(S^T Y)` in
+  chronological order. It costs matrix-vector products with the memory and
+  one small triangular solve. The two-loop recursion instead loops over the
+  memory one pair at a time; under `vmap` each pass of that loop becomes a
+  batched gather, and on accelerators a kernel launch.
 
   References:
     Byrd, Nocedal and Schnabel, "Representations of quasi-Newton matrices
@@ -63,29 +64,13 @@ def _inverse_hessian_times(g: jax.Array, state: LbfgsState) -> jax.Array:
   # Empty slots get a unit diagonal: their s and y are zero, so they add
   # nothing but keep R invertible.
   r = jnp.triu(sy) + jnp.diag(jnp.where(valid, 0.0, 1.0))
-  sg, yg = state.s @ g, state.y @ g
   a, b = sg[order], gamma * yg[order]
   u = jax.scipy.linalg.solve_triangular(r, a, lower=False)
   rhs = jnp.diag(sy) * u + gamma * (yy @ u) - b
   top = jax.scipy.linalg.solve_triangular(r, rhs, lower=False, trans='T')
   coef_s = jnp.zeros_like(top).at[order].set(top)
   coef_y = jnp.zeros_like(u).at[order].set(-gamma * u)
-  return gamma * g + coef_s @ state.s + coef_y @ state.y
-
-
-def _push(state: LbfgsState, s: jax.Array, y: jax.Array) -> LbfgsState:
-  """Writes the pair `(s, y)` into the oldest slot, updating `sy` and `yy`."""
-  slot = state.count % state.s.shape[0]
-  s_y, y_y = state.s @ y, state.y @ y  # <s_i, y>, <y_i, y>
-  y_s = state.y @ s                    # <s, y_j>
-  sy = state.sy.at[slot, :].set(y_s).at[:, slot].set(s_y)
-  sy = sy.at[slot, slot].set(jnp.vdot(s, y))
-  yy = state.yy.at[slot, :].set(y_y).at[:, slot].set(y_y)
-  yy = yy.at[slot, slot].set(jnp.vdot(y, y))
-  return state._replace(
-      s=state.s.at[slot].set(s), y=state.y.at[slot].set(y), sy=sy, yy=yy,
-      age=state.age.at[slot].set(state.count),
-      gamma=jnp.vdot(s, y) / jnp.vdot(y, y), count=state.count + 1)
+  return jnp.concatenate([coef_s, coef_y])
 
 
 def lbfgs(
@@ -99,10 +84,10 @@ def lbfgs(
   """L-BFGS with accept/reject step control instead of a linesearch.
 
   Args:
-    memory_size: number of curvature pairs kept. A step costs about
-      `6 * memory_size * n` flops in matrix-vector products, small next to
-      an inversion objective's second-order gradient, and a long memory pays
-      off on these ill-conditioned problems.
+    memory_size: number of curvature pairs kept. A step makes two passes
+      over the `[2 * memory_size, n]` memory, small next to an inversion
+      objective's second-order gradient, and a long memory pays off on these
+      ill-conditioned problems.
     initial_step: scale of the first, steepest-descent step (there is no
       curvature yet).
     grow: factor by which an accepted step's length grows, capped at
@@ -144,8 +129,7 @@ def lbfgs(
     n = flat.shape[0]
     return LbfgsState(
         x=flat, value=jnp.asarray(jnp.inf, flat.dtype), grad=jnp.zeros_like(flat),
-        s=jnp.zeros((memory_size, n), flat.dtype),
-        y=jnp.zeros((memory_size, n), flat.dtype),
+        memory=jnp.zeros((2 * memory_size, n), flat.dtype),
         sy=jnp.zeros((memory_size, memory_size), flat.dtype),
         yy=jnp.zeros((memory_size, memory_size), flat.dtype),
         age=jnp.full((memory_size,), -1, jnp.int32),
@@ -166,24 +150,46 @@ def lbfgs(
     accept = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & (
         first | (value < state.value))
 
-    s, y = flat - state.x, grad - state.grad
-    sy = jnp.vdot(s, y)
-    # Pairs with non-positive curvature would break positive definiteness.
-    push = accept & ~first & (sy > 1e-10 * jnp.vdot(s, s))
-    pushed = _push(state, s, y)
-    state = jax.tree.map(lambda a, b: jnp.where(push, a, b), pushed, state)
-
     x = jnp.where(accept, flat, state.x)
     f = jnp.where(accept, value, state.value)
     g = jnp.where(accept, grad, state.grad)
+    s, y = flat - state.x, grad - state.grad
+    s_y, y_y = jnp.vdot(s, y), jnp.vdot(y, y)
+    # Pairs with non-positive curvature would break positive definiteness.
+    push = accept & ~first & (s_y > 1e-10 * jnp.vdot(s, s))
+
+    # One pass over the memory (as it was) for every product this step
+    # needs; the entries of the slot being overwritten are patched after.
+    m = memory_size
+    prods = state.memory @ jnp.stack([s, y, g], axis=1)  # [2m, 3]
+    slot = state.count % m
+    row_sy = prods[m:, 0].at[slot].set(s_y)   # <s, y_j>
+    col_sy = prods[:m, 1].at[slot].set(s_y)   # <s_i, y>
+    col_yy = prods[m:, 1].at[slot].set(y_y)   # <y_i, y>
+    sy = state.sy.at[slot, :].set(row_sy).at[:, slot].set(col_sy)
+    yy = state.yy.at[slot, :].set(col_yy).at[:, slot].set(col_yy)
+    # Writing only the slot's rows lets XLA update the memory in place.
+    memory = state.memory.at[slot].set(
+        jnp.where(push, s, state.memory[slot]))
+    memory = memory.at[m + slot].set(jnp.where(push, y, state.memory[m + slot]))
+    sg = prods[:m, 2].at[slot].set(
+        jnp.where(push, jnp.vdot(s, g), prods[slot, 2]))
+    yg = prods[m:, 2].at[slot].set(
+        jnp.where(push, jnp.vdot(y, g), prods[m + slot, 2]))
+
     step_size = jnp.where(
         accept, jnp.minimum(state.step_size * grow, max_step),
         state.step_size * shrink)
-    step_size = jnp.where(first, 1.0, step_size)
-    state = state._replace(x=x, value=f, grad=g, step_size=step_size,
-                           accepted=accept)
-    direction = -_inverse_hessian_times(g, state)
-    new_flat = x + step_size * direction
+    state = LbfgsState(
+        x=x, value=f, grad=g, memory=memory,
+        sy=jnp.where(push, sy, state.sy), yy=jnp.where(push, yy, state.yy),
+        age=jnp.where(push, state.age.at[slot].set(state.count), state.age),
+        gamma=jnp.where(push, s_y / y_y, state.gamma),
+        count=state.count + push.astype(jnp.int32),
+        step_size=jnp.where(first, 1.0, step_size), accepted=accept)
+    coef = _compact_coefficients(sg, yg, state)
+    direction = -(state.gamma * g + coef @ memory)
+    new_flat = x + state.step_size * direction
     return unravel(new_flat - flat), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
