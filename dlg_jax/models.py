@@ -88,7 +88,7 @@ class Conv(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,))
     patches = _patches(x, (kh, kw), tuple(self.strides), self.padding)
     kernel = kernel.reshape(kh * kw * c_in, self.features)
-    return patches @ kernel + bias
+    return patches @ kernel + bias.reshape(1, 1, 1, -1)
 
 
 class LeNet(nn.Module):

@@ -1,0 +1,191 @@
+"""Tests for dlg_jax.models."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlg_jax import models
+
+# Silent broadcasting between arrays of different rank fails loudly here.
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+def setUpModule():
+  # The programs here run on a handful of pixels: compile time dominates.
+  jax.config.update('jax_disable_most_optimizations', True)
+
+
+def tearDownModule():
+  jax.config.update('jax_disable_most_optimizations', False)
+
+
+_SHAPES = (('cifar', (32, 32, 3)), ('mnist', (28, 28, 1)))
+
+
+def _num_params(params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def _init(model, image_shape, seed=0):
+  return jax.jit(models.init_params, static_argnums=(0, 2))(
+      model, jax.random.key(seed), tuple(image_shape))
+
+
+def _abstract_params(model, image_shape):
+  """Parameter shapes without running the initialiser."""
+  return jax.eval_shape(
+      lambda k: models.init_params(model, k, image_shape), jax.random.key(0))
+
+
+class ModelsTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # One compiled init and apply per model, shared by the tests below.
+    cls._x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+    cls._small = {}
+    for name in ('lenet', 'convnet', 'resnet'):
+      model = models.get_model(name, num_classes=5)
+      cls._small[name] = (model, _init(model, (8, 8, 3)),
+                          jax.jit(models.make_apply_fn(model)))
+
+  @parameterized.product(
+      name=('lenet', 'convnet', 'resnet'),
+      shape=_SHAPES,
+      num_classes=(1, 10, 100),
+  )
+  def test_output_shape(self, name, shape, num_classes):
+    _, image_shape = shape
+    model = models.get_model(name, num_classes=num_classes)
+    apply_fn = models.make_apply_fn(model)
+    params = _abstract_params(model, image_shape)
+    x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    logits = jax.eval_shape(apply_fn, params, x)
+    self.assertEqual(logits.shape, (2, num_classes))
+    self.assertEqual(logits.dtype, jnp.float32)
+
+  @parameterized.named_parameters(
+      # Three 5x5 convolutions with biases, 3->12 then 12->12 twice:
+      # (75 + 1) * 12 + 2 * (300 + 1) * 12 = 912 + 2 * 3612 = 8136;
+      # dense 8*8*12 = 768 -> 100 with bias: 76900.
+      ('cifar', (32, 32, 3), 100, 8136 + 76900, 768),
+      # 1->12 first: (25 + 1) * 12 = 312; 7*7*12 = 588 -> 10: 5890.
+      ('mnist', (28, 28, 1), 10, 312 + 2 * 3612 + 5890, 588),
+  )
+  def test_lenet_parameter_count(self, image_shape, num_classes, expected,
+                                 features):
+    model = models.get_model('lenet', num_classes=num_classes)
+    params = _abstract_params(model, image_shape)
+    self.assertEqual(_num_params(params), expected)
+    self.assertEqual(params['Dense_0']['kernel'].shape,
+                     (features, num_classes))
+    kernels = sorted(k for k in params if k.startswith('Conv'))
+    self.assertLen(kernels, 3)
+    for k in kernels:
+      self.assertEqual(params[k]['kernel'].shape[:2], (5, 5))
+      self.assertEqual(params[k]['kernel'].shape[-1], 12)
+      self.assertEqual(params[k]['bias'].shape, (12,))
+
+  def test_lenet_weights_uniform_half(self):
+    model = models.get_model('lenet', num_classes=100)
+    params = _init(model, (32, 32, 3))
+    leaves = jax.tree.leaves(params)
+    self.assertLen(leaves, 8)
+    for leaf in leaves:
+      self.assertLessEqual(float(jnp.max(jnp.abs(leaf))), 0.5)
+    # Uniform on [-0.5, 0.5], not a fan-in scaled init: the dense kernel's
+    # 76800 draws fill the interval.
+    dense = np.asarray(params['Dense_0']['kernel'])
+    self.assertGreater(dense.max(), 0.49)
+    self.assertLess(dense.min(), -0.49)
+    self.assertAlmostEqual(float(dense.std()), 1 / np.sqrt(12), delta=0.01)
+
+  @parameterized.named_parameters(
+      # PyTorch: out = floor((h + 2 * 2 - 5) / stride) + 1.
+      ('cifar', (32, 32, 3), (16, 8, 8)),
+      ('mnist', (28, 28, 1), (14, 7, 7)),
+  )
+  def test_lenet_padding_matches_pytorch(self, image_shape, sizes):
+    model = models.get_model('lenet', num_classes=10)
+    params = _abstract_params(model, image_shape)
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+
+    def intermediates(params, x):
+      _, state = model.apply({'params': params}, x,
+                             capture_intermediates=True)
+      return state['intermediates']
+
+    inter = jax.eval_shape(intermediates, params, x)
+    convs = sorted(k for k in inter if k.startswith('Conv'))
+    self.assertLen(convs, 3)
+    for conv, size in zip(convs, sizes):
+      (out,) = inter[conv]['__call__']
+      self.assertEqual(out.shape, (1, size, size, 12))
+
+  @parameterized.parameters('lenet', 'convnet', 'resnet')
+  def test_activation_selectable(self, name):
+    model, params, apply_fn = self._small[name]
+    other = 'relu' if model.activation == 'sigmoid' else 'sigmoid'
+    changed = models.get_model(name, num_classes=5, activation=other)
+    self.assertEqual(changed.activation, other)
+    # Same parameters, different function.
+    y = jax.jit(models.make_apply_fn(changed))(params, self._x)
+    self.assertEqual(y.shape, (2, 5))
+    self.assertFalse(np.allclose(y, apply_fn(params, self._x)))
+
+  def test_default_activations(self):
+    self.assertEqual(models.get_model('lenet', num_classes=2).activation,
+                     'sigmoid')
+    self.assertEqual(models.get_model('convnet', num_classes=2).activation,
+                     'relu')
+    self.assertEqual(models.get_model('resnet', num_classes=2).activation,
+                     'relu')
+
+  @parameterized.parameters(*sorted(models.ACTIVATIONS))
+  def test_get_activation(self, name):
+    act = models.get_activation(name)
+    y = act(jnp.linspace(-2.0, 2.0, 5))
+    self.assertEqual(y.shape, (5,))
+    self.assertTrue(np.all(np.isfinite(y)))
+
+  def test_unknown_model_raises(self):
+    with self.assertRaisesRegex(ValueError, "'vgg19'"):
+      models.get_model('vgg19', num_classes=10)
+
+  def test_unknown_activation_raises(self):
+    with self.assertRaisesRegex(ValueError, "'mish'"):
+      models.get_model('lenet', num_classes=10, activation='mish')
+    with self.assertRaisesRegex(ValueError, "'mish'"):
+      models.get_activation('mish')
+
+  def test_bad_num_classes_raises(self):
+    with self.assertRaisesRegex(ValueError, 'num_classes'):
+      models.get_model('lenet', num_classes=0)
+
+  @parameterized.parameters(((32, 32),), ((1, 32, 32, 3),), ((),))
+  def test_init_params_rejects_bad_image_shape(self, image_shape):
+    model = models.get_model('lenet', num_classes=10)
+    with self.assertRaisesRegex(ValueError, 'image_shape'):
+      models.init_params(model, jax.random.key(0), image_shape)
+
+  @parameterized.parameters('lenet', 'convnet', 'resnet')
+  def test_jit_equals_no_jit(self, name):
+    model, params, apply_fn = self._small[name]
+    np.testing.assert_allclose(
+        apply_fn(params, self._x),
+        models.make_apply_fn(model)(params, self._x), rtol=1e-5, atol=1e-5)
+
+  def test_apply_is_pure(self):
+    model, params, apply_fn = self._small['lenet']
+    np.testing.assert_array_equal(apply_fn(params, self._x),
+                                  apply_fn(params, self._x))
+    other = _init(model, self._x.shape[1:], seed=1)
+    self.assertFalse(np.allclose(apply_fn(params, self._x),
+                                 apply_fn(other, self._x)))
+
+
+if __name__ == '__main__':
+  absltest.main()
