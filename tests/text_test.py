@@ -1,0 +1,147 @@
+"""Tests of the WordPiece tokeniser, sentence loading and text scores."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from dlg_jax import text
+
+
+class TokenizerTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tok = text.make_tokenizer()
+
+  def test_special_ids(self):
+    self.assertEqual(text.special_ids(self.tok),
+                     {'[CLS]': 101, '[SEP]': 102, '[MASK]': 103, '[PAD]': 0,
+                      '[UNK]': 100})
+
+  def test_round_trip_on_bundled_sentences(self):
+    sentences = text.bundled_sentences()
+    self.assertLen(sentences, 153)
+    for sentence in sentences:
+      ids = text.encode(self.tok, sentence, max_length=512)
+      self.assertEqual((ids[0], ids[-1]), (101, 102))
+      self.assertNotIn(100, ids)  # no [UNK]: the vocabulary covers them
+      # The uncased tokeniser lower-cases and spaces out punctuation.
+      self.assertEqual(text.decode(self.tok, ids).replace(' ', ''),
+                       sentence.lower().replace(' ', ''))
+
+  def test_known_pieces(self):
+    ids = text.encode(self.tok, 'Registration opens.', max_length=16)
+    self.assertEqual(
+        [self.tok.id_to_token(int(i)) for i in ids],
+        ['[CLS]', 'registration', 'opens', '.', '[SEP]'])
+
+  def test_bundled_filter(self):
+    short = text.bundled_sentences(self.tok, max_tokens=32)
+    self.assertLen(short, 121)
+    self.assertTrue(short[0].startswith('Registration, volunteer'))
+    for s in short[3:]:
+      self.assertLessEqual(len(self.tok.encode(s).ids) - 2, 32)
+
+  @parameterized.parameters('', '   ', '\n')
+  def test_empty_sentence(self, sentence):
+    with self.assertRaisesRegex(ValueError, 'Empty sentence'):
+      text.encode(self.tok, sentence, max_length=16)
+
+  def test_too_long(self):
+    with self.assertRaisesRegex(ValueError, 'max_length=4'):
+      text.encode(self.tok, 'one two three four', max_length=4)
+
+  def test_truncate_warns_and_keeps_sep(self):
+    with self.assertLogs(level='WARNING'):
+      ids = text.encode(self.tok, 'one two three four', max_length=4,
+                        truncate=True)
+    self.assertEqual([self.tok.id_to_token(int(i)) for i in ids],
+                     ['[CLS]', 'one', 'two', '[SEP]'])
+
+  def test_decode_keeps_mask(self):
+    ids = [101, 1996, 103, 2003, 102]
+    self.assertEqual(text.decode(self.tok, ids), 'the [MASK] is')
+
+
+class FilesTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = self.enter_context(tempfile.TemporaryDirectory())
+
+  def test_vocab_txt(self):
+    path = os.path.join(self.tmp, 'vocab.txt')
+    with open(path, 'w') as f:
+      f.write('\n'.join(str(t) for t in
+                        np.load(text.bundled_path())['bert_vocab']) + '\n')
+    self.assertEqual(text.load_vocab(path), text.load_vocab())
+
+  def test_missing_vocab(self):
+    with self.assertRaisesRegex(FileNotFoundError, 'vocab.txt'):
+      text.load_vocab(os.path.join(self.tmp, 'vocab.txt'))
+
+  def test_vocab_without_specials(self):
+    path = os.path.join(self.tmp, 'vocab.txt')
+    with open(path, 'w') as f:
+      f.write('[PAD]\nhello\n')
+    with self.assertRaisesRegex(ValueError, r'\[CLS\]'):
+      text.load_vocab(path)
+
+  def test_load_sentences(self):
+    path = os.path.join(self.tmp, 's.npz')
+    np.savez(path, sentences=np.array(['Hello there.', 'Bye.']))
+    self.assertEqual(text.load_sentences(path), ['Hello there.', 'Bye.'])
+
+  def test_bad_npz(self):
+    with self.assertRaisesRegex(FileNotFoundError, 'missing.npz'):
+      text.load_sentences(os.path.join(self.tmp, 'missing.npz'))
+    path = os.path.join(self.tmp, 'other.npz')
+    np.savez(path, text=np.array(['a']))
+    with self.assertRaisesRegex(ValueError, "no array 'sentences'"):
+      text.load_sentences(path)
+    np.savez(path, sentences=np.zeros(3))
+    with self.assertRaisesRegex(ValueError, 'strings'):
+      text.load_sentences(path)
+
+
+class ScoresTest(parameterized.TestCase):
+
+  def test_token_accuracy(self):
+    self.assertEqual(text.token_accuracy([1, 2, 3, 4], [1, 2, 5, 4]), 0.75)
+    self.assertEqual(text.token_accuracy([1, 2], [1, 2, 3, 4]), 0.5)
+    self.assertEqual(text.token_accuracy([1, 2, 3, 4, 5], [1, 2]), 1.0)
+
+  @parameterized.parameters(
+      # the cat sat on the mat / the cat is on the mat: 5 of 6 words,
+      # bigrams 'the cat', 'on the', 'the mat' of 5, LCS 5.
+      ('The cat sat on the mat.', 'the cat is on the mat', 5 / 6, 3 / 5,
+       5 / 6),
+      ('a b c d', 'd c b a', 1.0, 0.0, 2 * (1 / 4) * (1 / 4) / (1 / 2)),
+      ('a b', 'a b c d', 2 * 1 * 0.5 / 1.5, 2 * 1 * (1 / 3) / (4 / 3),
+       2 * 1 * 0.5 / 1.5),
+      ('x y', 'a b', 0.0, 0.0, 0.0),
+      ('', 'a b', 0.0, 0.0, 0.0),
+  )
+  def test_rouge_hand_values(self, pred, ref, r1, r2, rl):
+    scores = text.rouge(pred, ref)
+    self.assertAlmostEqual(scores['rouge1'], r1)
+    self.assertAlmostEqual(scores['rouge2'], r2)
+    self.assertAlmostEqual(scores['rougeL'], rl)
+
+  def test_rouge_clips_repeats(self):
+    # 'the the the' matches 'the' in the reference at most twice.
+    self.assertAlmostEqual(text.rouge_n('the the the', 'the cat the', 1),
+                           2 / 3)
+
+  def test_scores(self):
+    s = text.scores([1, 2], [1, 3], 'a b', 'a c')
+    self.assertEqual(s['token_accuracy'], 0.5)
+    self.assertAlmostEqual(s['rouge1'], 0.5)
+
+
+if __name__ == '__main__':
+  absltest.main()
