@@ -27,7 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.npz = ''          # a user's npz with x (uint8) and y (int)
   config.data.data_dir = ''     # tfds data_dir, for 'tfds:' sources
   config.data.split = 'test'
-  config.data.count = 10        # attack the first `count` targets
+  config.data.count = 10        # attack the first `count` images
+  # Images behind one shared gradient; targets are consecutive groups of
+  # `batch_size` of the first `count` images (count must be a multiple).
+  config.data.batch_size = 1
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'lenet'   # lenet, convnet, resnet
@@ -37,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.attack = ml_collections.ConfigDict()
   config.attack.label_mode = 'analytic'   # analytic (iDLG), joint (DLG), known
+  # How 'analytic' reads labels: auto (idlg for batch 1, else count), idlg,
+  # yin (distinct labels), count (repeated labels too).
+  config.attack.label_method = 'auto'
   config.attack.distance = 'l2'           # l2 (DLG), cosine (Geiping et al.)
   config.attack.tv_weight = 0.0
   config.attack.optimizer = 'lbfgs'       # lbfgs, lbfgs_linesearch, adam
@@ -52,6 +58,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.snapshot_steps = (0, 10, 20, 50, 100, 200, 500, 1000)
 
   config.success_psnr = 30.0
+
+  # What the client shares: local_steps 1 is FedSGD (its gradient); more is
+  # FedAvg (the weight difference after that many local SGD steps).
+  config.client = ml_collections.ConfigDict()
+  config.client.local_steps = 1
+  config.client.learning_rate = 0.1     # local SGD learning rate (FedAvg)
+  config.client.local_batch_size = 0    # 0: the whole batch every step
 
   if arg == 'quick':
     config.data.count = 2

@@ -6,12 +6,18 @@ restart, as pure functions over an `AttackState` pytree (`init_state`,
 it vmaps many jobs, jit-compiles chunks of `lax.scan` steps, and between
 chunks it logs, drops jobs that have converged, and times each target.
 
-A target is the gradient one client shares for a batch of `batch` examples
-(1 in the DLG paper's main experiments). The dummy data is `[batch, h, w, c]`.
+A target is what one client shares for a batch of `batch` examples (1 in the
+DLG paper's main experiments): its gradient (FedSGD), or with `local_steps > 1`
+the weight difference after that many local SGD steps (FedAvg), which the
+attack matches by unrolling the same steps on the dummy data. The dummy data
+is `[batch, h, w, c]`; its slots come out in any order, and
+`dlg_jax.matching` pairs them with the originals.
 
 References:
   Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019.
   Zhao, Mopuri and Bilen, "iDLG: Improved Deep Leakage from Gradients", 2020.
+  Geiping, Bauermeister, Droege and Moeller, "Inverting Gradients - How easy
+  is it to break privacy in federated learning?", NeurIPS 2020, section 5.
 """
 
 from collections.abc import Callable, Sequence
@@ -33,6 +39,7 @@ from dlg_jax import objectives
 from dlg_jax import optim
 
 LABEL_MODES = ('analytic', 'joint', 'known')
+LABEL_METHODS = ('auto',) + labels_lib.LABEL_METHODS
 INITS = ('grey', 'uniform', 'randn')
 
 
@@ -45,9 +52,12 @@ class Attack:
     image_shape: `(h, w, c)` of one example.
     num_classes: the classifier's output count.
     batch: examples behind one shared gradient.
-    label_mode: 'analytic' reads the label off the gradient (iDLG; exact for
-      batch 1), 'joint' optimises dummy label logits with the image (DLG),
-      'known' gives the attacker the true labels.
+    label_mode: 'analytic' reads the labels off the gradient with
+      `label_method`, 'joint' optimises dummy label logits with the image
+      (DLG), 'known' gives the attacker the true labels.
+    label_method: how 'analytic' reads labels, a name from
+      `labels.LABEL_METHODS` or 'auto': 'idlg' (exact) for batch 1, 'count'
+      (repeated labels too; see `labels.label_counts`) for larger batches.
     distance: gradient distance, 'l2' (DLG) or 'cosine' (Geiping et al.).
     tv_weight: weight of the total-variation prior.
     layer_weights: optional `((path, weight), ...)` weighting named layers
@@ -63,7 +73,16 @@ class Attack:
       `tol` (cosine).
     snapshot_steps: iterations at which the reconstruction is recorded.
     success_psnr: with ground truth given, the PSNR counted as a recovery
-      (for time-to-success measurements).
+      (for time-to-success measurements). A batch counts as recovered when
+      every original has a reconstruction at `success_psnr` or more and
+      these reconstructions are distinct slots (see `batch_success`).
+    local_steps: the client's local SGD steps K; 1 is FedSGD (the client
+      shares its gradient), K > 1 is FedAvg (it shares the weight
+      difference, `client.fedavg_update`).
+    local_lr: the client's local SGD learning rate (FedAvg only).
+    local_batch_size: examples per local step (FedAvg only); 0 is the whole
+      batch. With 'analytic' labels it must be the whole batch: the labels
+      read off the update do not say which mini-batch each belongs to.
   """
   apply_fn: Callable[..., jax.Array]
   image_shape: tuple[int, int, int]
@@ -82,14 +101,43 @@ class Attack:
   tol: float = 1e-8
   snapshot_steps: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000)
   success_psnr: float = 30.0
+  label_method: str = 'auto'
+  local_steps: int = 1
+  local_lr: float = 0.1
+  local_batch_size: int = 0
 
   def __post_init__(self):
+    if self.batch < 1:
+      raise ValueError(f'batch must be >= 1, got {self.batch}.')
     if self.label_mode not in LABEL_MODES:
       raise ValueError(f'Unknown label_mode {self.label_mode!r}; choose one '
                        f'of {list(LABEL_MODES)}.')
-    if self.label_mode == 'analytic' and self.batch != 1:
-      raise ValueError('label_mode="analytic" (iDLG) is exact for batch 1 '
-                       f'only; got batch={self.batch}.')
+    if self.label_method not in LABEL_METHODS:
+      raise ValueError(f'Unknown label_method {self.label_method!r}; choose '
+                       f'one of {list(LABEL_METHODS)}.')
+    if self.label_mode == 'analytic' and self.batch != 1 and (
+        self.label_method == 'idlg'):
+      raise ValueError('label_method="idlg" is exact for batch 1 only; got '
+                       f'batch={self.batch}; use "count" for batches.')
+    if self.label_mode == 'analytic' and self.label_method == 'yin' and (
+        self.batch > self.num_classes):
+      raise ValueError(f'label_method="yin" returns distinct labels; batch '
+                       f'({self.batch}) must be <= num_classes '
+                       f'({self.num_classes}).')
+    client.check_fedavg(self.batch, local_steps=self.local_steps,
+                        learning_rate=self.local_lr,
+                        local_batch_size=self.local_batch_size)
+    if self.local_steps == 1 and self.local_batch_size not in (0, self.batch):
+      raise ValueError(
+          'local_batch_size must be 0 or the batch with local_steps=1 '
+          f'(FedSGD: one step on the whole batch), got '
+          f'{self.local_batch_size}.')
+    if self.label_mode == 'analytic' and self.local_batch_size not in (
+        0, self.batch):
+      raise ValueError(
+          'label_mode="analytic" needs local_batch_size 0 (the whole batch): '
+          'labels read off the update do not say which local mini-batch each '
+          'belongs to; use "joint" or "known".')
     if self.init not in INITS:
       raise ValueError(f'Unknown init {self.init!r}; choose one of '
                        f'{list(INITS)}.')
@@ -99,8 +147,18 @@ class Attack:
                        f'{list(optim.OPTIMIZERS)}.')
     if self.num_steps < 1:
       raise ValueError(f'num_steps must be >= 1, got {self.num_steps}.')
-    if self.batch < 1:
-      raise ValueError(f'batch must be >= 1, got {self.batch}.')
+
+  @property
+  def method(self) -> str:
+    """The label method 'analytic' uses, with 'auto' resolved."""
+    if self.label_method == 'auto':
+      return 'idlg' if self.batch == 1 else 'count'
+    return self.label_method
+
+  @property
+  def fedavg(self) -> bool:
+    """Whether the client shares a multi-step FedAvg update."""
+    return self.local_steps > 1
 
   @property
   def opt(self) -> optax.GradientTransformationExtraArgs:
@@ -162,11 +220,27 @@ def dummy_labels(attack: Attack, variables: dict[str, jax.Array],
   return target.labels
 
 
+def shared_update(attack: Attack, params: Any, x: ArrayLike,
+                  labels: ArrayLike) -> Any:
+  """What the client shares for `[batch, h, w, c]` inputs and soft labels.
+
+  The gradient (FedSGD) for `local_steps == 1`, else the FedAvg weight
+  difference. The launcher makes targets with it and the attack matches
+  it on dummy data, so both model the client in the same way.
+  """
+  if not attack.fedavg:
+    return client.gradient(attack.apply_fn, params, x, labels)
+  return client.fedavg_update(
+      attack.apply_fn, params, x, labels, local_steps=attack.local_steps,
+      learning_rate=attack.local_lr,
+      local_batch_size=attack.local_batch_size)
+
+
 def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
               target: Target) -> jax.Array:
-  """Distance between the dummy data's gradient and the target, plus priors."""
-  grads = client.gradient(attack.apply_fn, params, variables['x'],
-                          dummy_labels(attack, variables, target))
+  """Distance between the dummy data's update and the target, plus priors."""
+  grads = shared_update(attack, params, variables['x'],
+                        dummy_labels(attack, variables, target))
   distance = objectives.get_distance(attack.distance)
   value = distance(grads, target.grads, _layer_weight_tree(attack, grads))
   if attack.tv_weight:
@@ -185,6 +259,35 @@ def _tolerance(attack: Attack, target: Target) -> jax.Array:
 def _psnr(x: jax.Array, ref: jax.Array) -> jax.Array:
   mse = jnp.mean(jnp.square(jnp.clip(x, 0.0, 1.0) - ref))
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def batch_success(x: jax.Array, ref: jax.Array, threshold: float) -> jax.Array:
+  """Whether a `[batch, h, w, c]` reconstruction recovers every original.
+
+  True when each original's best reconstruction (by PSNR) reaches
+  `threshold` and no two originals share that reconstruction, so the
+  pairing is a permutation with every pair at `threshold` or more. This is
+  cheap enough to run every step inside the scan. For distinct originals
+  and thresholds of 30 dB or so, it is the same as every pair reaching
+  `threshold` under the Hungarian pairing of `dlg_jax.matching`: a
+  reconstruction at 30 dB or more against two originals would need those
+  originals at 24 dB or more against each other. For batch 1 it is
+  `psnr(x, ref) >= threshold`. A NaN `ref` never succeeds.
+  """
+  if x.shape[0] == 1:
+    return _psnr(x, ref) >= threshold
+  batch = x.shape[0]
+  a = jnp.clip(x, 0.0, 1.0).reshape(batch, -1)
+  b = ref.reshape(batch, -1)
+  # Pairwise squared distances by the Gram matrix: no [batch, batch, pixels]
+  # temporary inside the vmapped scan.
+  sq = (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :]
+        - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
+  mse = jnp.maximum(sq / a.shape[1], 1e-10)  # [reconstruction, original]
+  psnr = -10.0 * jnp.log10(mse)
+  best = jnp.argmax(psnr, axis=0)
+  distinct = jnp.all(jnp.sort(best) == jnp.arange(batch))
+  return jnp.all(jnp.max(psnr, axis=0) >= threshold) & distinct
 
 
 def init_state(attack: Attack, key: ArrayLike) -> AttackState:
@@ -229,7 +332,7 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
   converged_step = jnp.where(
       (state.converged_step < 0) & (best_value <= _tolerance(attack, target)),
       state.step, state.converged_step)
-  success = _psnr(best['x'], target.ground_truth) >= attack.success_psnr
+  success = batch_success(best['x'], target.ground_truth, attack.success_psnr)
   success_step = jnp.where((state.success_step < 0) & success, state.step,
                            state.success_step)
   updates, opt_state = attack.opt.update(
@@ -250,21 +353,33 @@ def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
 
 
 def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
-                ground_truth: ArrayLike | None = None) -> Target:
-  """The attacker's view of one shared gradient.
+                ground_truth: ArrayLike | None = None, *,
+                params: Any | None = None) -> Target:
+  """The attacker's view of one shared gradient (or FedAvg update).
 
   Args:
     attack: the attack.
-    grads: the shared gradient.
+    grads: the shared gradient, or update with `local_steps > 1`.
     true_labels: `[batch]` int labels; used only in 'known' mode.
     ground_truth: optional `[batch, h, w, c]`, for success-step bookkeeping.
+    params: the shared model's parameters; the 'count' label method needs
+      them.
 
   Returns:
-    A `Target`.
+    A `Target`. Analytic labels come sorted by class, not in batch order.
   """
   if attack.label_mode == 'analytic':
-    label = labels_lib.idlg_label(grads, attack.num_classes)
-    onehot = jax.nn.one_hot(label[None], attack.num_classes)
+    mean_grads = grads
+    if attack.fedavg:
+      # A FedAvg update is lr times a sum of K gradients; read as a mean
+      # gradient, the count method is approximate, while iDLG's sign
+      # argument holds for any K on one image.
+      scale = 1.0 / (attack.local_lr * attack.local_steps)
+      mean_grads = jax.tree.map(lambda g: g * scale, grads)
+    label = labels_lib.batch_labels(mean_grads, attack.num_classes,
+                                    attack.batch, method=attack.method,
+                                    params=params)
+    onehot = jax.nn.one_hot(label, attack.num_classes)
   else:
     onehot = jax.nn.one_hot(jnp.asarray(true_labels), attack.num_classes)
   if ground_truth is None:
@@ -349,7 +464,8 @@ def reconstruct(
   Args:
     attack: the attack.
     params: the shared model's parameters.
-    grads: the shared gradients, each leaf with a leading `[n]` target axis.
+    grads: the shared gradients (FedAvg updates with `local_steps > 1`),
+      each leaf with a leading `[n]` target axis.
     true_labels: `[n, batch]` int labels, used for 'known' label mode.
     key: PRNG key for the dummy starts.
     restarts: random restarts per target; the lowest final distance wins.
@@ -369,7 +485,8 @@ def reconstruct(
         n, attack.batch, *attack.image_shape)
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}.')
-  targets = jax.vmap(lambda g, y, gt: make_target(attack, g, y, gt),
+  targets = jax.vmap(lambda g, y, gt: make_target(attack, g, y, gt,
+                                                 params=params),
                      in_axes=(0, 0, None if ground_truth is None else 0))(
                          grads, true_labels, ground_truth)
   num_jobs = n * restarts

@@ -1,8 +1,10 @@
-"""What a federated client computes and shares: the gradient of its loss.
+"""What a federated client computes and shares.
 
-The loss is cross-entropy against soft labels, so that the same function serves
-the client (one-hot labels) and the attacker (softmax of dummy label logits, as
-in DLG).
+A FedSGD client shares the gradient of its loss on a batch (`gradient`); a
+FedAvg client runs several local SGD steps and shares the weight difference
+(`fedavg_update`). The loss is cross-entropy against soft labels, so that the
+same functions serve the client (one-hot labels) and the attacker (softmax of
+dummy label logits, as in DLG), and the attacker differentiates through them.
 """
 
 from collections.abc import Callable
@@ -51,3 +53,83 @@ def gradient(apply_fn: ApplyFn, params: Params, x: ArrayLike,
     A pytree shaped like `params`.
   """
   return jax.grad(loss, argnums=1)(apply_fn, params, x, labels)
+
+
+def check_fedavg(batch: int, *, local_steps: int, learning_rate: float,
+                 local_batch_size: int) -> int:
+  """Validates FedAvg settings; returns the local batch size (0 -> `batch`).
+
+  Raises:
+    ValueError: naming the bad setting.
+  """
+  if isinstance(local_steps, bool) or not isinstance(local_steps, int) or (
+      local_steps < 1):
+    raise ValueError(f'local_steps must be an int >= 1, got {local_steps!r}.')
+  if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+    raise ValueError(f'learning_rate must be > 0, got {learning_rate!r}.')
+  size = local_batch_size or batch
+  if size < 1 or batch % size:
+    raise ValueError(
+        f'local_batch_size must divide the batch ({batch}) or be 0 (the '
+        f'whole batch), got {local_batch_size!r}.')
+  return size
+
+
+def fedavg_update(apply_fn: ApplyFn, params: Params, x: ArrayLike,
+                  labels: ArrayLike, *, local_steps: int,
+                  learning_rate: float, local_batch_size: int = 0) -> Params:
+  """The update a FedAvg client shares: its weights before minus after.
+
+  The client splits its `batch` examples, in order, into mini-batches of
+  `local_batch_size` and takes `local_steps` plain SGD steps, step k on
+  mini-batch `k mod (batch / local_batch_size)` (so `local_steps` equal to
+  that number is one local epoch). It shares `params - params_after`, which
+  for one step on the whole batch is `learning_rate * gradient(...)`.
+
+  The steps run under `lax.scan`, so an attacker differentiates through all
+  of them at the cost of one unrolled pass (Geiping et al. 2020, section 5).
+
+  Args:
+    apply_fn: `(params, x) -> logits`.
+    params: the global model the client starts from.
+    x: `[batch, h, w, c]` the client's inputs.
+    labels: `[batch, num_classes]` soft labels.
+    local_steps: SGD steps K >= 1.
+    learning_rate: the client's SGD learning rate.
+    local_batch_size: examples per step; 0 uses the whole batch each step.
+
+  Returns:
+    A pytree shaped like `params`.
+
+  Example:
+
+    >>> update = fedavg_update(apply_fn, params, x, onehot, local_steps=4,
+    ...                        learning_rate=0.1)
+
+  References:
+    McMahan, Moore, Ramage, Hampson and Aguera y Arcas,
+    "Communication-Efficient Learning of Deep Networks from Decentralized
+    Data", AISTATS 2017 (FedAvg).
+    Geiping, Bauermeister, Droege and Moeller, "Inverting Gradients - How
+    easy is it to break privacy in federated learning?", NeurIPS 2020.
+  """
+  x = jnp.asarray(x)
+  labels = jnp.asarray(labels)
+  batch = x.shape[0]
+  size = check_fedavg(batch, local_steps=local_steps,
+                      learning_rate=learning_rate,
+                      local_batch_size=local_batch_size)
+  num_batches = batch // size
+  xs = x.reshape(num_batches, size, *x.shape[1:])
+  ys = labels.reshape(num_batches, size, *labels.shape[1:])
+
+  def step(p, k):
+    if num_batches == 1:
+      g = gradient(apply_fn, p, x, labels)
+    else:
+      j = k % num_batches
+      g = gradient(apply_fn, p, xs[j], ys[j])
+    return jax.tree.map(lambda a, b: a - learning_rate * b, p, g), None
+
+  final, _ = jax.lax.scan(step, params, jnp.arange(local_steps))
+  return jax.tree.map(lambda a, b: a - b, params, final)

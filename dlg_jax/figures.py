@@ -208,3 +208,97 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> None:
   _makedirs_for(path)
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text + '\n')
+
+
+def save_line_plot(path: str | os.PathLike[str],
+                   series: dict[str, tuple[Sequence[float], Sequence[float]]],
+                   *,
+                   xlabel: str,
+                   ylabel: str,
+                   title: str = '',
+                   size: tuple[int, int] = (480, 320)) -> None:
+  """Writes a PNG line plot (linear axes) of a few series, with Pillow.
+
+  A small stand-in for matplotlib, which the package does not need: axes
+  with round-number y ticks and x ticks at the data's x values (or five
+  even ones when there are many), one coloured line with dot markers per
+  series, a legend at the top left. Points with a None or non-finite y are
+  skipped (e.g. a batch size that never reached the threshold).
+
+  Args:
+    path: the PNG to write; parent folders are created.
+    series: name -> (xs, ys).
+    xlabel: the x-axis label.
+    ylabel: the y-axis label.
+    title: an optional title above the plot.
+    size: (width, height) in pixels.
+
+  Raises:
+    ValueError: no finite point to draw, or xs and ys of different lengths.
+  """
+  points = {}
+  for name, (xs, ys) in series.items():
+    if len(xs) != len(ys):
+      raise ValueError(f'series {name!r} has {len(xs)} xs and {len(ys)} ys.')
+    points[name] = [(float(x), float(y)) for x, y in zip(xs, ys)
+                    if y is not None and math.isfinite(float(y))]
+  finite = [p for ps in points.values() for p in ps]
+  if not finite:
+    raise ValueError('save_line_plot: no finite point to draw.')
+  width, height = size
+  left, right, top, bottom = 64, 16, 36 if title else 22, 40
+  xs_all = sorted({float(x) for xs, _ in series.values() for x in xs})
+  x_lo, x_hi = min(xs_all), max(xs_all)
+  if x_hi == x_lo:
+    x_lo, x_hi = x_lo - 1.0, x_hi + 1.0
+  x_ticks = xs_all if len(xs_all) <= 10 else [
+      x_lo + k * (x_hi - x_lo) / 4 for k in range(5)]
+  y_max = max(p[1] for p in finite) or 1.0
+  magnitude = 10.0 ** math.floor(math.log10(y_max / 4))
+  y_step = next(m * magnitude for m in (1, 2, 5, 10)
+                if y_max / (m * magnitude) <= 5)
+  y_lo, y_hi = 0.0, y_step * math.ceil(y_max * 1.05 / y_step)
+  y_ticks = [k * y_step for k in range(round(y_hi / y_step) + 1)]
+
+  def to_px(x, y):
+    px = left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
+    py = height - bottom - (y - y_lo) / (y_hi - y_lo) * (
+        height - top - bottom)
+    return px, py
+
+  canvas = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(canvas)
+  font = _font()
+  x0, y0 = to_px(x_lo, y_lo)
+  x1, y1 = to_px(x_hi, y_hi)
+  draw.line([(x0, y1), (x0, y0), (x1, y0)], fill='black')
+  for xv in x_ticks:
+    px, _ = to_px(xv, y_lo)
+    draw.line([(px, y0), (px, y0 + 4)], fill='black')
+    xt = f'{xv:g}'
+    draw.text((px - _text_width(draw, xt, font) / 2, y0 + 6), xt,
+              fill='black', font=font)
+  for yv in y_ticks:
+    _, py = to_px(x_lo, yv)
+    draw.line([(x0 - 4, py), (x0, py)], fill='black')
+    yt = f'{yv:g}'
+    draw.text((x0 - 6 - _text_width(draw, yt, font), py - 6), yt,
+              fill='black', font=font)
+  draw.text(((width - _text_width(draw, xlabel, font)) / 2, height - 16),
+            xlabel, fill='black', font=font)
+  draw.text((4, 4 if not title else 18), ylabel, fill='black', font=font)
+  if title:
+    draw.text(((width - _text_width(draw, title, font)) / 2, 2), title,
+              fill='black', font=font)
+  colours = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd']
+  for k, (name, ps) in enumerate(points.items()):
+    colour = colours[k % len(colours)]
+    pixels = [to_px(x, y) for x, y in sorted(ps)]
+    if len(pixels) > 1:
+      draw.line(pixels, fill=colour, width=2)
+    for px, py in pixels:
+      draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    draw.text((x0 + 8, top + 4 + 14 * k), name, fill=colour, font=font)
+  path = os.fspath(path)
+  _makedirs_for(path)
+  canvas.save(path, format='PNG')

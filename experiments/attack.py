@@ -2,9 +2,17 @@ r"""Recovers images and labels from client gradients (DLG / iDLG).
 
   python -m experiments.attack --config=configs/cifar100.py --workdir=runs/cifar100
 
-Writes into the workdir `results.json` (a `records` list, one per target,
-and a `summary`), `config.json` (to rerun), and `reconstruction.png` (ground
-truth, then the reconstruction over iterations, as the DLG paper's figures).
+Writes into the workdir `results.json` (a `records` list, one per original
+image, and a `summary`), `config.json` (to rerun), and `reconstruction.png`
+(ground truth, then the reconstruction over iterations, as the DLG paper's
+figures).
+
+With `--config.data.batch_size=B` each shared gradient is the mean over B
+consecutive images (or, with `config.client.local_steps > 1`, their FedAvg
+update). A batch's reconstructions are paired with its originals by the
+assignment of highest total PSNR; each record then holds `batch` (its group)
+and `matched_to` (the reconstruction slot paired with it), and the figure
+shows each original beside its paired reconstruction.
 """
 
 from collections.abc import Callable
@@ -21,10 +29,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from dlg_jax import attack as attack_lib
-from dlg_jax import client
 from dlg_jax import data
 from dlg_jax import figures
-from dlg_jax import metrics
+from dlg_jax import matching
 from dlg_jax import models
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -66,10 +73,19 @@ def load_data(config) -> data.Dataset:
 
 def build(config, ds: data.Dataset):
   """Model, params and attack from the config, validated before compiling."""
-  count = config.data.count
+  count, batch = config.data.count, config.data.batch_size
+  if not 1 <= batch <= len(ds.x):
+    raise ValueError(
+        f'config.data.batch_size must be in [1, {len(ds.x)}] (the images in '
+        f'{ds.name!r}), got {batch}.')
   if not 1 <= count <= len(ds.x):
     raise ValueError(f'config.data.count must be in [1, {len(ds.x)}] for '
                      f'{ds.name!r}, got {count}.')
+  if count % batch:
+    raise ValueError(
+        f'config.data.count ({count}) must be a multiple of '
+        f'config.data.batch_size ({batch}): targets are whole batches of '
+        'consecutive images.')
   ds = ds._replace(x=ds.x[:count], y=ds.y[:count], index=ds.index[:count])
   model = _under('config.model', models.get_model, config.model.name,
                  num_classes=config.model.num_classes,
@@ -86,7 +102,38 @@ def build(config, ds: data.Dataset):
         f'images of shape {image_shape}: {e}') from None
   params = models.init_params(
       model, jax.random.PRNGKey(config.model.init_seed), image_shape)
-  a = config.attack
+  a, c = config.attack, config.client
+  if a.label_method not in attack_lib.LABEL_METHODS:
+    raise ValueError(
+        f'config.attack.label_method must be one of '
+        f'{list(attack_lib.LABEL_METHODS)}, got {a.label_method!r}.')
+  if a.label_mode == 'analytic' and a.label_method == 'idlg' and batch > 1:
+    raise ValueError(
+        'config.attack.label_method "idlg" is exact for batch 1 only; with '
+        f'config.data.batch_size={batch} use "count" (or "auto").')
+  if c.local_steps < 1:
+    raise ValueError(
+        f'config.client.local_steps must be >= 1 (1 is FedSGD), got '
+        f'{c.local_steps}.')
+  if not c.learning_rate > 0:
+    raise ValueError(
+        f'config.client.learning_rate must be > 0, got {c.learning_rate}.')
+  local_batch = c.local_batch_size or batch
+  if local_batch < 1 or batch % local_batch:
+    raise ValueError(
+        f'config.client.local_batch_size must be 0 (the whole batch) or '
+        f'divide config.data.batch_size ({batch}), got {c.local_batch_size}.')
+  if local_batch != batch and c.local_steps == 1:
+    raise ValueError(
+        'config.client.local_batch_size must be 0 with '
+        'config.client.local_steps=1 (FedSGD: one step on the whole batch), '
+        f'got {c.local_batch_size}.')
+  if local_batch != batch and a.label_mode == 'analytic':
+    raise ValueError(
+        'config.client.local_batch_size must be 0 with '
+        'config.attack.label_mode "analytic": labels read off the update do '
+        'not say which local mini-batch each belongs to; use "joint" or '
+        '"known".')
   if a.restarts < 1:
     raise ValueError(f'config.attack.restarts must be >= 1, got {a.restarts}.')
   if a.chunk_size < 1:
@@ -95,8 +142,11 @@ def build(config, ds: data.Dataset):
   attack = _under(
       'config.attack', attack_lib.Attack,
       apply_fn=models.make_apply_fn(model), image_shape=image_shape,
-      num_classes=config.model.num_classes, label_mode=a.label_mode,
-      distance=a.distance, tv_weight=a.tv_weight, optimizer=a.optimizer,
+      num_classes=config.model.num_classes, batch=batch,
+      label_mode=a.label_mode, label_method=a.label_method,
+      local_steps=c.local_steps, local_lr=c.learning_rate,
+      local_batch_size=c.local_batch_size, distance=a.distance,
+      tv_weight=a.tv_weight, optimizer=a.optimizer,
       learning_rate=a.learning_rate, memory_size=a.memory_size,
       num_steps=a.num_steps, init=a.init, init_scale=a.init_scale, tol=a.tol,
       snapshot_steps=tuple(a.snapshot_steps),
@@ -113,15 +163,17 @@ def run(config, workdir: str) -> dict[str, Any]:
   check_workdir(workdir)
   ds, params, attack = build(config, load_data(config))
   figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  logging.info('%d devices; attacking %d %s targets %s with %s',
-               jax.device_count(), len(ds.x), ds.name, ds.x.shape[1:],
-               config.model.name)
+  batch = attack.batch
+  num_targets = len(ds.x) // batch
+  logging.info('%d devices; attacking %d %s images %s in %d batches of %d '
+               'with %s', jax.device_count(), len(ds.x), ds.name,
+               ds.x.shape[1:], num_targets, batch, config.model.name)
 
-  x = jnp.asarray(ds.x)
-  y = jnp.asarray(ds.y)
+  x = jnp.asarray(ds.x).reshape(num_targets, batch, *ds.x.shape[1:])
+  y = jnp.asarray(ds.y).reshape(num_targets, batch)
   onehot = jax.nn.one_hot(y, config.model.num_classes)
-  grads = jax.jit(jax.vmap(lambda xi, yi: client.gradient(
-      attack.apply_fn, params, xi[None], yi[None])))(x, onehot)
+  grads = jax.jit(jax.vmap(lambda xb, yb: attack_lib.shared_update(
+      attack, params, xb, yb)))(x, onehot)
   bad = [int(i) for i in np.nonzero(~np.all(np.stack([
       np.all(np.isfinite(g), axis=tuple(range(1, g.ndim)))
       for g in jax.tree.leaves(grads)]), axis=0))[0]]
@@ -129,62 +181,79 @@ def run(config, workdir: str) -> dict[str, Any]:
     raise ValueError(f'The shared gradients of targets {bad} are not finite.')
 
   result = attack_lib.reconstruct(
-      attack, params, grads, y[:, None], jax.random.PRNGKey(config.seed),
-      restarts=config.attack.restarts, ground_truth=x[:, None],
+      attack, params, grads, y, jax.random.PRNGKey(config.seed),
+      restarts=config.attack.restarts, ground_truth=x,
       chunk_size=config.attack.chunk_size,
       max_parallel=config.attack.max_parallel or None)
 
-  recon = jnp.clip(jnp.asarray(result.x[:, 0]), 0.0, 1.0)
-  mse = np.asarray(jax.vmap(metrics.mse)(recon, x))
-  psnr = np.asarray(jax.vmap(metrics.psnr)(recon, x))
-  ssim = np.asarray(jax.vmap(metrics.ssim)(recon, x))
   records = []
-  for i in range(len(ds.x)):
-    success_step = int(result.success_step[i])
-    records.append({
-        'index': int(ds.index[i]),
-        'label': int(ds.y[i]),
-        'predicted_label': int(result.labels[i, 0]),
-        'label_correct': bool(result.labels[i, 0] == ds.y[i]),
-        'mse': float(mse[i]),
-        'psnr': float(psnr[i]),
-        'ssim': float(ssim[i]),
-        'seconds': float(result.seconds[i]),
-        'steps': int(result.steps[i]),
-        'distance': float(result.distance[i]),
-        'restart': int(result.restart[i]),
-        'success_step': success_step,
-        # The target's time (all restarts) up to the step of success.
-        'seconds_to_success': (
-            float(result.seconds[i] * success_step / result.steps[i])
-            if success_step >= 0 else None),
-    })
-    logging.info('target %d (index %d): PSNR %.2f dB, SSIM %.3f, label %s, '
-                 '%d steps, %.2f s', i, ds.index[i], psnr[i], ssim[i],
-                 'correct' if records[-1]['label_correct'] else 'WRONG',
-                 result.steps[i], result.seconds[i])
+  perms = []
+  for t in range(num_targets):
+    m = matching.matched_metrics(result.x[t], x[t], result.labels[t], y[t])
+    perms.append(m.matched_to)
+    success_step = int(result.success_step[t])
+    for k in range(batch):
+      i = t * batch + k
+      slot = int(m.matched_to[k])
+      records.append({
+          'index': int(ds.index[i]),
+          'label': int(ds.y[i]),
+          'predicted_label': int(result.labels[t, slot]),
+          'label_correct': bool(m.label_correct[k]),
+          'mse': float(m.mse[k]),
+          'psnr': float(m.psnr[k]),
+          'ssim': float(m.ssim[k]),
+          'batch': t,
+          'matched_to': slot,
+          'seconds': float(result.seconds[t]),
+          'steps': int(result.steps[t]),
+          'distance': float(result.distance[t]),
+          'restart': int(result.restart[t]),
+          # The step at which the whole batch first reached success_psnr.
+          'success_step': success_step,
+          # The target's time (all restarts) up to the step of success.
+          'seconds_to_success': (
+              float(result.seconds[t] * success_step / result.steps[t])
+              if success_step >= 0 else None),
+      })
+      logging.info(
+          'batch %d image %d (index %d, slot %d): PSNR %.2f dB, SSIM %.3f, '
+          'label %s, %d steps, %.2f s', t, k, ds.index[i], slot,
+          m.psnr[k], m.ssim[k],
+          'correct' if m.label_correct[k] else 'WRONG', result.steps[t],
+          result.seconds[t])
   results = {'records': records,
              'summary': summarize(records, config.success_psnr,
                                   result.compile_seconds)}
   figures.save_json(os.path.join(workdir, 'results.json'), results)
 
+  # Every snapshot column shows, for each original, the slot paired with it
+  # at the end.
   steps = list(attack.snapshot_steps) + ['final']
-  snapshots = np.concatenate([result.snapshots[:, :, 0],
-                              result.x[None, :, 0]], axis=0)
+  snapshots = np.concatenate([result.snapshots, result.x[None]], axis=0)
+  order = np.stack(perms)  # [num_targets, batch]
+  snapshots = np.take_along_axis(
+      snapshots, order[None, :, :, None, None, None], axis=2)
+  snapshots = snapshots.reshape(len(steps), len(ds.x), *ds.x.shape[1:])
+  names = [ds.class_names[r['label']] if r['label'] < len(ds.class_names)
+           else '' for r in records]
   figures.save_reconstruction_grid(
       os.path.join(workdir, 'reconstruction.png'), ds.x, snapshots, steps,
-      labels=[f'{r["index"]}: {ds.class_names[r["label"]]}'
-              if r['label'] < len(ds.class_names) else str(r['index'])
-              for r in records])
+      labels=[(f'b{r["batch"]} ' if batch > 1 else '')
+              + (f'{r["index"]}: {name}' if name else str(r['index']))
+              for r, name in zip(records, names)])
   logging.info('summary: %s', results['summary'])
   return results
 
 
 def summarize(records: list[dict[str, Any]], success_psnr: float,
               compile_seconds: float) -> dict[str, Any]:
-  """Aggregates per-target records."""
+  """Aggregates per-image records (and, for batches, per batch)."""
   successes = [r for r in records
                if r['psnr'] >= success_psnr and r['label_correct']]
+  batches = {}
+  for r in records:
+    batches.setdefault(r.get('batch', len(batches)), []).append(r)
   to_success = [r['seconds_to_success'] for r in records
                 if r['seconds_to_success'] is not None]
   return {
@@ -200,6 +269,12 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
       'median_seconds_to_success': (
           statistics.median(to_success) if to_success else None),
       'compile_seconds': compile_seconds,
+      'batch_size': max(len(b) for b in batches.values()),
+      # A batch succeeds when every original, paired by the best matching,
+      # is at success_psnr with its label right.
+      'batch_success_rate': statistics.mean(
+          all(r['psnr'] >= success_psnr and r['label_correct'] for r in b)
+          for b in batches.values()),
   }
 
 
