@@ -33,18 +33,27 @@ from dlg_jax import data
 from dlg_jax import figures
 from dlg_jax import matching
 from dlg_jax import models
+from dlg_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
+
+def define_flags() -> None:
+  """`--config` and `--workdir`, defined when a launcher runs, not on import.
+
+  Tests import several launchers; flags defined on import would clash.
+  """
+  config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file (configs/*.py).',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-  """Calls `fn`, prefixing a ValueError with the config key it came from."""
+  """Calls `fn`, prefixing its error with the config key it came from."""
   try:
     return fn(*args, **kwargs)
-  except ValueError as e:
-    raise ValueError(f'{key}: {e}') from None
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f'{key}: {e}') from None
 
 
 def check_workdir(workdir: str) -> None:
@@ -86,7 +95,13 @@ def build(config, ds: data.Dataset):
         f'config.data.count ({count}) must be a multiple of '
         f'config.data.batch_size ({batch}): targets are whole batches of '
         'consecutive images.')
+  # Pretraining uses the images not attacked, or all when none are left.
+  train_x, train_y = (ds.x[count:], ds.y[count:]) if count < len(ds.x) else (
+      ds.x, ds.y)
   ds = ds._replace(x=ds.x[:count], y=ds.y[:count], index=ds.index[:count])
+  if config.model.pretrain_steps < 0:
+    raise ValueError('config.model.pretrain_steps must be >= 0, got '
+                     f'{config.model.pretrain_steps}.')
   model = _under('config.model', models.get_model, config.model.name,
                  num_classes=config.model.num_classes,
                  activation=config.model.activation or None)
@@ -94,14 +109,34 @@ def build(config, ds: data.Dataset):
          config.model.num_classes)
   image_shape = tuple(ds.x.shape[1:])
   try:
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
-                   jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x),
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f'config.model.name: model {config.model.name!r} does not take '
         f'images of shape {image_shape}: {e}') from None
+  empty = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(shapes)[0] if leaf.size == 0]
+  if empty:
+    raise ValueError(
+        f'config.model.name: model {config.model.name!r} does not take '
+        f'images of shape {image_shape}: they are too small, leaving layers '
+        f'{empty} with no inputs.')
   params = models.init_params(
       model, jax.random.PRNGKey(config.model.init_seed), image_shape)
+  if config.model.pretrain_steps:
+    _under('config.model.num_classes', data.check_labels, train_y,
+           config.model.num_classes)
+    params, losses = train.train(
+        models.make_apply_fn(model), params, train_x, train_y,
+        jax.random.PRNGKey(config.model.init_seed + 1),
+        num_classes=config.model.num_classes,
+        steps=config.model.pretrain_steps,
+        learning_rate=config.model.pretrain_lr)
+    logging.info('pretrained %s for %d steps on %d images: loss %.3f -> %.3f',
+                 config.model.name, config.model.pretrain_steps, len(train_x),
+                 float(losses[0]), float(losses[-1]))
   a, c = config.attack, config.client
   if a.label_method not in attack_lib.LABEL_METHODS:
     raise ValueError(
@@ -281,9 +316,9 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run(_CONFIG.value, _WORKDIR.value)
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  define_flags()
   app.run(main)

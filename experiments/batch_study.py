@@ -237,5 +237,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  attack_launcher.define_flags()
   app.run(main)
