@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.activation = ''  # '' keeps the model's default
   config.model.num_classes = 100
   config.model.init_seed = 0
+  # Adam steps on the images not attacked before the attack (0: attack the
+  # randomly initialised model, as the DLG paper).
+  config.model.pretrain_steps = 0
+  config.model.pretrain_lr = 1e-3
 
   config.attack = ml_collections.ConfigDict()
   config.attack.label_mode = 'analytic'   # analytic (iDLG), joint (DLG), known
@@ -51,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.num_steps = 6000
   config.attack.init = 'grey'             # grey, uniform, randn
   config.attack.init_scale = 0.05
-  config.attack.tol = 1e-8
+  config.attack.tol = 2e-8
   config.attack.restarts = 1
   config.attack.chunk_size = 250
   config.attack.max_parallel = 0          # 0: every target at once
