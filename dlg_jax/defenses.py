@@ -1,0 +1,452 @@
+"""Defenses a client applies to its gradient before sharing it.
+
+Section 5 of the DLG paper (Zhu, Liu and Han 2019) tests how far perturbing
+the shared gradient stops the leak: additive Gaussian and Laplacian noise,
+half-precision casts, int8 quantisation and gradient pruning (sparsification).
+Every defense here is a pure function with the one signature
+
+    defense(key, grads, strength) -> grads
+
+over the gradient pytree that `client.gradient` returns, so that one `vmap`
+over `strength` (and `key`) runs a whole sweep of defense strengths against
+the same attack. `strength` is a traced scalar wherever it has a meaning (a
+noise variance, a pruned fraction) and is ignored by the dtype casts.
+
+DP-SGD (Abadi et al. 2016) needs each example's gradient before averaging,
+so it takes per-example gradients (`per_example_gradients`) and is kept out
+of the `DEFENSES` registry.
+
+Example:
+
+  >>> defend = get_defense('gaussian')
+  >>> check_strength('gaussian', 1e-2)
+  >>> shared = defend(jax.random.key(0), grads, 1e-2)
+  >>> sweep = jax.vmap(defend, in_axes=(None, None, 0))(
+  ...     key, grads, jnp.array([1e-4, 1e-3, 1e-2, 1e-1]))
+
+References:
+  Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
+  Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar and Zhang, "Deep Learning
+  with Differential Privacy", CCS 2016.
+"""
+
+from collections.abc import Callable
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+
+from dlg_jax import client
+
+Grads = Any
+Defense = Callable[[jax.Array, Grads, ArrayLike], Grads]
+
+# The int8 grid is symmetric, [-127, 127], so that zero is exact and the
+# scale is the same for both signs.
+_INT8_MAX = 127.0
+
+
+def _leaf_keys(key: jax.Array, grads: Grads) -> Grads:
+  """One independent key per leaf, laid out like `grads`."""
+  leaves, treedef = jax.tree.flatten(grads)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  return jax.tree.unflatten(treedef, list(keys[:len(leaves)]))
+
+
+def gaussian_noise(key: jax.Array, grads: Grads, strength: ArrayLike) -> Grads:
+  """Adds independent Gaussian noise of variance `strength` to every entry.
+
+  The DLG paper sweeps the noise by its VARIANCE (1e-1 down to 1e-4), so
+  `strength` is the variance and the standard deviation is
+  `sqrt(strength)`.
+
+  Args:
+    key: a PRNG key.
+    grads: the gradient pytree.
+    strength: scalar variance sigma^2 >= 0.
+
+  Returns:
+    `grads` plus N(0, strength) noise, same structure and dtypes.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
+  """
+  std = jnp.sqrt(jnp.asarray(strength, jnp.float32))
+  return jax.tree.map(
+      lambda g, k: g + (std * jax.random.normal(k, g.shape)).astype(g.dtype),
+      grads, _leaf_keys(key, grads))
+
+
+def laplacian_noise(key: jax.Array, grads: Grads,
+                    strength: ArrayLike) -> Grads:
+  """Adds independent Laplace noise of variance `strength` to every entry.
+
+  A Laplace distribution of scale b has variance 2 b^2, so the scale is
+  `sqrt(strength / 2)`; with the same `strength` the Gaussian and Laplacian
+  defenses perturb by the same energy and differ only in the tails.
+
+  Args:
+    key: a PRNG key.
+    grads: the gradient pytree.
+    strength: scalar variance >= 0.
+
+  Returns:
+    `grads` plus Laplace noise, same structure and dtypes.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
+  """
+  scale = jnp.sqrt(jnp.asarray(strength, jnp.float32) / 2.0)
+  return jax.tree.map(
+      lambda g, k: g + (scale * jax.random.laplace(k, g.shape)).astype(g.dtype),
+      grads, _leaf_keys(key, grads))
+
+
+def _round_trip(dtype) -> Defense:
+  def defense(key: jax.Array, grads: Grads, strength: ArrayLike) -> Grads:
+    del key, strength  # A cast is deterministic and has no strength.
+    return jax.tree.map(lambda g: g.astype(dtype).astype(g.dtype), grads)
+  return defense
+
+
+def float16(key: jax.Array, grads: Grads, strength: ArrayLike = 0.0) -> Grads:
+  """Shares the gradient in IEEE half precision: cast down and back.
+
+  Args:
+    key: unused.
+    grads: the gradient pytree (float32).
+    strength: unused.
+
+  Returns:
+    `grads` rounded to float16 and cast back to each leaf's dtype.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
+  """
+  return _round_trip(jnp.float16)(key, grads, strength)
+
+
+def bfloat16(key: jax.Array, grads: Grads, strength: ArrayLike = 0.0) -> Grads:
+  """Shares the gradient in bfloat16 (8 exponent, 7 mantissa bits).
+
+  Args:
+    key: unused.
+    grads: the gradient pytree (float32).
+    strength: unused.
+
+  Returns:
+    `grads` rounded to bfloat16 and cast back to each leaf's dtype.
+  """
+  return _round_trip(jnp.bfloat16)(key, grads, strength)
+
+
+def int8_scale(g: ArrayLike) -> jax.Array:
+  """The per-tensor int8 step `max|g| / 127` (0 for an all-zero tensor)."""
+  return jnp.max(jnp.abs(g)) / _INT8_MAX
+
+
+def _int8_leaf(g: jax.Array) -> jax.Array:
+  scale = int8_scale(g)
+  # An all-zero tensor has scale 0; dividing by 1 instead keeps it exactly 0.
+  safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+  q = jnp.clip(jnp.round(g / safe), -_INT8_MAX, _INT8_MAX).astype(jnp.int8)
+  return (q.astype(jnp.float32) * scale).astype(g.dtype)
+
+
+def int8(key: jax.Array, grads: Grads, strength: ArrayLike = 0.0) -> Grads:
+  """Symmetric per-tensor int8 quantisation, dequantised.
+
+  Each leaf is scaled by `s = max|g| / 127`, rounded to the nearest integer
+  in [-127, 127] and multiplied back by `s`, so every entry moves by at most
+  `s / 2` and zeros stay exactly zero.
+
+  Args:
+    key: unused.
+    grads: the gradient pytree.
+    strength: unused.
+
+  Returns:
+    The dequantised gradient, same structure and dtypes.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5
+    (low-precision gradients).
+  """
+  del key, strength
+  return jax.tree.map(_int8_leaf, grads)
+
+
+def _keep_mask(magnitude: jax.Array, fraction: ArrayLike) -> jax.Array:
+  """Flat bool mask keeping all but the `floor(fraction * n)` smallest.
+
+  Ranks (ties broken by position) rather than a threshold value, so exactly
+  that many entries go even when magnitudes tie, and `fraction` may be
+  traced.
+  """
+  n = magnitude.size
+  num_pruned = jnp.floor(jnp.asarray(fraction, jnp.float32) * n).astype(
+      jnp.int32)
+  order = jnp.argsort(magnitude, stable=True)
+  keep_sorted = jnp.arange(n) >= num_pruned
+  return jnp.zeros(n, bool).at[order].set(keep_sorted)
+
+
+def prune_per_layer(key: jax.Array, grads: Grads,
+                    strength: ArrayLike) -> Grads:
+  """Zeroes the `strength` fraction of smallest-magnitude entries per leaf.
+
+  Within each leaf of n entries exactly `floor(strength * n)` entries, those
+  of smallest |g|, become 0 (DLG's "gradient pruning", the sparsification
+  of Lin et al. 2018 and Tsuzuku et al. 2018).
+
+  Args:
+    key: unused.
+    grads: the gradient pytree.
+    strength: pruned fraction in [0, 1); may be traced.
+
+  Returns:
+    The pruned gradient, same structure and dtypes.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5
+    (gradient compression and sparsification).
+  """
+  del key
+
+  def prune(g):
+    keep = _keep_mask(jnp.abs(g).ravel(), strength).reshape(g.shape)
+    return jnp.where(keep, g, jnp.zeros_like(g))
+
+  return jax.tree.map(prune, grads)
+
+
+def prune_global(key: jax.Array, grads: Grads, strength: ArrayLike) -> Grads:
+  """Zeroes the `strength` fraction of smallest-magnitude entries overall.
+
+  As `prune_per_layer`, but the `floor(strength * N)` smallest |g| are
+  chosen among all N entries of all leaves together, so layers with small
+  gradients lose more.
+
+  Args:
+    key: unused.
+    grads: the gradient pytree.
+    strength: pruned fraction in [0, 1); may be traced.
+
+  Returns:
+    The pruned gradient, same structure and dtypes.
+
+  References:
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
+  """
+  del key
+  leaves, treedef = jax.tree.flatten(grads)
+  if not leaves:
+    return grads
+  flat = jnp.concatenate(
+      [jnp.abs(g).ravel().astype(jnp.float32) for g in leaves])
+  keep = _keep_mask(flat, strength)
+  out, start = [], 0
+  for g in leaves:
+    mask = keep[start:start + g.size].reshape(g.shape)
+    out.append(jnp.where(mask, g, jnp.zeros_like(g)))
+    start += g.size
+  return jax.tree.unflatten(treedef, out)
+
+
+def surviving_mask(defended_grads: Grads) -> Grads:
+  """Which entries survived pruning: a bool pytree, True where non-zero.
+
+  A defense-aware attacker matches only these entries (a pruned entry tells
+  it nothing but that its magnitude was small).
+
+  Args:
+    defended_grads: the gradient pytree after a defense.
+
+  Returns:
+    A pytree of bool arrays shaped like `defended_grads`.
+  """
+  return jax.tree.map(lambda g: g != 0, defended_grads)
+
+
+def per_example_gradients(apply_fn: client.ApplyFn, params: client.Params,
+                          x: ArrayLike, labels: ArrayLike) -> Grads:
+  """Each example's own gradient, as a batch of one (`vmap` of the client).
+
+  Args:
+    apply_fn: `(params, x) -> logits`.
+    params: the model's parameters.
+    x: `[batch, h, w, c]` inputs.
+    labels: `[batch, num_classes]` soft labels.
+
+  Returns:
+    A pytree shaped like `params` with a leading `[batch]` axis on every
+    leaf; its mean over that axis is `client.gradient` of the whole batch.
+  """
+  def one(xi, yi):
+    return client.gradient(apply_fn, params, xi[None], yi[None])
+  return jax.vmap(one)(jnp.asarray(x), jnp.asarray(labels))
+
+
+def per_example_norms(per_example_grads: Grads) -> jax.Array:
+  """`[batch]` L2 norms of each example's whole (all-leaf) gradient."""
+  squares = [jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1),
+                     axis=1)
+             for g in jax.tree.leaves(per_example_grads)]
+  return jnp.sqrt(sum(squares))
+
+
+def clip_by_global_norm_per_example(per_example_grads: Grads, *,
+                                    clip_norm: ArrayLike) -> Grads:
+  """Scales each example's gradient to L2 norm at most `clip_norm`.
+
+  Example i is multiplied by `min(1, clip_norm / ||g_i||)`, the norm taken
+  over all leaves together (Abadi et al. 2016, Algorithm 1, "clip gradient").
+
+  Args:
+    per_example_grads: a pytree whose leaves have a leading `[batch]` axis.
+    clip_norm: the bound C > 0.
+
+  Returns:
+    The clipped per-example gradients, same structure.
+
+  References:
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+  """
+  norms = per_example_norms(per_example_grads)
+  clip_norm = jnp.asarray(clip_norm, jnp.float32)
+  # A zero gradient needs no scaling; the where avoids 0 / 0.
+  factor = jnp.where(norms > clip_norm,
+                     clip_norm / jnp.where(norms > 0, norms, 1.0), 1.0)
+
+  def scale(g):
+    f = factor.reshape(factor.shape + (1,) * (g.ndim - 1))
+    return (g * f).astype(g.dtype)
+
+  return jax.tree.map(scale, per_example_grads)
+
+
+def dp_sgd(key: jax.Array, per_example_grads: Grads, strength: ArrayLike, *,
+           clip_norm: ArrayLike) -> Grads:
+  """The DP-SGD gradient: clip each example, average, add Gaussian noise.
+
+  With B examples, noise multiplier sigma = `strength` and bound C =
+  `clip_norm` this shares `mean_i clip(g_i) + N(0, (sigma C / B)^2)`, i.e.
+  Abadi et al.'s `(sum_i clip(g_i) + N(0, sigma^2 C^2)) / B`.
+
+  Args:
+    key: a PRNG key.
+    per_example_grads: a pytree whose leaves have a leading `[batch]` axis
+      (see `per_example_gradients`).
+    strength: the noise multiplier sigma >= 0; may be traced.
+    clip_norm: the per-example L2 bound C > 0.
+
+  Returns:
+    A pytree shaped like one example's gradient (no batch axis).
+
+  References:
+    Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar and Zhang, "Deep
+    Learning with Differential Privacy", CCS 2016, Algorithm 1.
+  """
+  if isinstance(clip_norm, numbers.Real) and not clip_norm > 0:
+    raise ValueError(f'clip_norm must be > 0, got {clip_norm!r}.')
+  leaves = jax.tree.leaves(per_example_grads)
+  if not leaves:
+    return per_example_grads
+  batch = leaves[0].shape[0]
+  clipped = clip_by_global_norm_per_example(per_example_grads,
+                                            clip_norm=clip_norm)
+  mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), clipped)
+  std = (jnp.asarray(strength, jnp.float32)
+         * jnp.asarray(clip_norm, jnp.float32) / batch)
+  return jax.tree.map(
+      lambda g, k: g + (std * jax.random.normal(k, g.shape)).astype(g.dtype),
+      mean, _leaf_keys(key, mean))
+
+
+def compose(*defenses: Defense) -> Defense:
+  """Chains defenses, applied in the given order, each with its own key.
+
+  Args:
+    *defenses: functions `(key, grads, strength) -> grads`.
+
+  Returns:
+    `(key, grads, strengths) -> grads`, where `strengths` is a scalar (used
+    by every defense) or an array of shape `[len(defenses)]` (one each).
+
+  Example:
+
+    >>> prune_then_fp16 = compose(prune_per_layer, float16)
+    >>> shared = prune_then_fp16(key, grads, jnp.array([0.9, 0.0]))
+  """
+  if not defenses:
+    raise ValueError('compose needs at least one defense.')
+  n = len(defenses)
+
+  def composed(key: jax.Array, grads: Grads, strengths: ArrayLike) -> Grads:
+    strengths = jnp.broadcast_to(jnp.asarray(strengths, jnp.float32), (n,))
+    keys = jax.random.split(key, n)
+    for i, defense in enumerate(defenses):
+      grads = defense(keys[i], grads, strengths[i])
+    return grads
+
+  return composed
+
+
+DEFENSES: dict[str, Defense] = {
+    'gaussian': gaussian_noise,
+    'laplacian': laplacian_noise,
+    'float16': float16,
+    'bfloat16': bfloat16,
+    'int8': int8,
+    'prune_layer': prune_per_layer,
+    'prune_global': prune_global,
+}
+
+# Defenses whose strength is a fraction that must lie in [0, 1).
+_FRACTIONS = frozenset({'prune_layer', 'prune_global'})
+
+
+def get_defense(name: str) -> Defense:
+  """Returns the defense called `name`, or raises a ValueError naming it.
+
+  `dp_sgd` is not here: it needs per-example gradients; call it directly.
+  """
+  if name not in DEFENSES:
+    raise ValueError(
+        f'Unknown defense {name!r}; choose one of {sorted(DEFENSES)} (DP-SGD '
+        'is `dp_sgd`, which takes per-example gradients).')
+  return DEFENSES[name]
+
+
+def check_strength(name: str, strength: ArrayLike) -> None:
+  """Validates a (concrete) strength, or an array of them, for `name`.
+
+  Noise variances and multipliers must be >= 0; pruning fractions must lie
+  in [0, 1) (pruning everything leaves nothing to share). Traced values are
+  not checked.
+
+  Args:
+    name: a key of `DEFENSES`, or `'dp_sgd'`.
+    strength: the strength, or an array of strengths for a sweep.
+
+  Raises:
+    ValueError: naming the unknown defense or the bad `strength`.
+  """
+  if name != 'dp_sgd':
+    get_defense(name)
+  if isinstance(strength, jax.core.Tracer):
+    return
+  values = np.asarray(strength, np.float64)
+  if not np.all(values >= 0):  # Also catches NaN.
+    raise ValueError(
+        f'strength for {name!r} must be >= 0, got {strength!r}.')
+  if name in _FRACTIONS and not np.all(values < 1):
+    raise ValueError(
+        f'strength for {name!r} is a pruned fraction and must be in [0, 1), '
+        f'got {strength!r}.')
+  if not np.all(np.isfinite(values)):
+    raise ValueError(
+        f'strength for {name!r} must be finite, got {strength!r}.')
