@@ -1,0 +1,85 @@
+r"""DLG against gradient defenses (the DLG paper's section 5) on CIFAR-100.
+
+The bundled CIFAR-100 test images, the DLG sigmoid LeNet, one image per
+gradient, label read off the DEFENDED gradient (iDLG). Each job perturbs the
+client's true gradient with one defense at one strength and runs the attack
+for a fixed `config.attack.num_steps` L-BFGS steps: Gaussian and Laplacian
+noise of variance 1e-4 to 1e-1, float16, bfloat16, int8 and per-layer
+pruning of 1% to 70% of the smallest entries.
+
+Command:
+  python -m experiments.sweep --config=configs/defenses.py --workdir=runs/defenses
+
+It is resumable: rerun the same command after a crash and finished chunks
+are loaded from the workdir's checkpoints.
+
+`--config=configs/defenses.py:quick` is a smoke run: 4 defenses x 3
+strengths x 2 images, 1 restart, 1500 steps.
+
+Measured (2-core shared CPU, seed 0, images 0-1):
+
+  python -m experiments.sweep --config=configs/defenses.py:quick --workdir=runs/defenses_quick
+
+  49 s wall (22.6 s of it compiling one function per defense); mean PSNR:
+  gaussian 1e-4/1e-2/1e-1: 9.3/5.6/5.5 dB, laplacian: 9.2/5.7/5.4 dB,
+  prune_layer 0.1/0.5/0.7: 22.6/6.8/6.0 dB, prune_global 0.1/0.5/0.7:
+  33.4/33.1/33.3 dB (one image of two at >= 30 dB with its label).
+
+  python -m experiments.sweep --config=configs/defenses.py --config.data.count=2 --workdir=runs/defenses
+
+  152 s wall, 3000 steps; mean PSNR over the 2 images: gaussian and
+  laplacian 8.9 dB at variance 1e-4 and 5.3 to 6.1 dB at 1e-3 to 1e-1;
+  float16 40.9, bfloat16 32.9, int8 23.4 dB; prune_layer 0.01: 41.3, 0.1:
+  22.3, 0.2: 13.8, 0.3: 9.2, 0.5: 6.3, 0.7: 5.8 dB. Both images recovered
+  (>= 30 dB, label right) under float16, bfloat16 and 1% pruning only: in
+  this setup (no prior, pixels unconstrained) even variance-1e-4 noise
+  (std 0.01 against gradient entries of RMS 0.07 to 0.6) stops the attack,
+  and its PSNR falls with more steps (13.7 dB at 300, 9.3 at 1500), as the
+  dummy image fits the noise.
+"""
+
+import ml_collections
+
+from configs import cifar100
+
+# The DLG paper's section 5 grid (Zhu, Liu and Han 2019, figure 6).
+PAPER_STRENGTHS = {
+    'gaussian': (1e-4, 1e-3, 1e-2, 1e-1),
+    'laplacian': (1e-4, 1e-3, 1e-2, 1e-1),
+    'float16': (0.0,),
+    'bfloat16': (0.0,),
+    'int8': (0.0,),
+    'prune_layer': (0.01, 0.1, 0.2, 0.3, 0.5, 0.7),
+    'prune_global': (0.01, 0.1, 0.2, 0.3, 0.5, 0.7),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The defense sweep; `arg='quick'` shrinks it to a smoke run."""
+  config = cifar100.get_config()
+  config.attack.num_steps = 3000
+  config.attack.snapshot_steps = (0,)
+  config.data.count = 4
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.defenses = ('gaussian', 'laplacian', 'float16', 'bfloat16',
+                           'int8', 'prune_layer')
+  # Every defense known to dlg_jax.defenses has an entry; only those named
+  # in `defenses` run.
+  config.sweep.strengths = ml_collections.ConfigDict(
+      {k: v for k, v in PAPER_STRENGTHS.items()})
+  config.sweep.jobs_per_chunk = 8
+
+  if arg == 'quick':
+    config.data.count = 2
+    config.attack.num_steps = 1500
+    config.sweep.defenses = ('gaussian', 'laplacian', 'prune_layer',
+                             'prune_global')
+    config.sweep.strengths.gaussian = (1e-4, 1e-2, 1e-1)
+    config.sweep.strengths.laplacian = (1e-4, 1e-2, 1e-1)
+    config.sweep.strengths.prune_layer = (0.1, 0.5, 0.7)
+    config.sweep.strengths.prune_global = (0.1, 0.5, 0.7)
+    config.sweep.jobs_per_chunk = 6
+  elif arg:
+    raise ValueError(f'Unknown config argument {arg!r}; use "quick" or none.')
+  return config
