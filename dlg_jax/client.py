@@ -133,3 +133,22 @@ def fedavg_update(apply_fn: ApplyFn, params: Params, x: ArrayLike,
 
   final, _ = jax.lax.scan(step, params, jnp.arange(local_steps))
   return jax.tree.map(lambda a, b: a - b, params, final)
+
+
+def per_example_gradients(apply_fn: ApplyFn, params: Params,
+                          x: ArrayLike, labels: ArrayLike) -> Params:
+  """Each example's own gradient, as a batch of one (`vmap` of the client).
+
+  Args:
+    apply_fn: `(params, x) -> logits`.
+    params: the model's parameters.
+    x: `[batch, h, w, c]` inputs.
+    labels: `[batch, num_classes]` soft labels.
+
+  Returns:
+    A pytree shaped like `params` with a leading `[batch]` axis on every
+    leaf; its mean over that axis is `client.gradient` of the whole batch.
+  """
+  def one(xi, yi):
+    return gradient(apply_fn, params, xi[None], yi[None])
+  return jax.vmap(one)(jnp.asarray(x), jnp.asarray(labels))

@@ -271,23 +271,8 @@ def surviving_mask(defended_grads: Grads) -> Grads:
   return jax.tree.map(lambda g: g != 0, defended_grads)
 
 
-def per_example_gradients(apply_fn: client.ApplyFn, params: client.Params,
-                          x: ArrayLike, labels: ArrayLike) -> Grads:
-  """Each example's own gradient, as a batch of one (`vmap` of the client).
-
-  Args:
-    apply_fn: `(params, x) -> logits`.
-    params: the model's parameters.
-    x: `[batch, h, w, c]` inputs.
-    labels: `[batch, num_classes]` soft labels.
-
-  Returns:
-    A pytree shaped like `params` with a leading `[batch]` axis on every
-    leaf; its mean over that axis is `client.gradient` of the whole batch.
-  """
-  def one(xi, yi):
-    return client.gradient(apply_fn, params, xi[None], yi[None])
-  return jax.vmap(one)(jnp.asarray(x), jnp.asarray(labels))
+# DP-SGD's input; it lives with the client, which computes it.
+per_example_gradients = client.per_example_gradients
 
 
 def per_example_norms(per_example_grads: Grads) -> jax.Array:

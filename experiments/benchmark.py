@@ -53,8 +53,8 @@ def _setup(n: int):
   apply_fn = models.make_apply_fn(model)
   params = models.init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
   x, y = jnp.asarray(ds.x[idx]), jnp.asarray(ds.y[idx])
-  grads = jax.jit(jax.vmap(lambda xi, yi: client.gradient(
-      apply_fn, params, xi[None], jax.nn.one_hot(yi, 100)[None])))(x, y)
+  grads = jax.jit(client.per_example_gradients, static_argnums=0)(
+      apply_fn, params, x, jax.nn.one_hot(y, 100))
   return apply_fn, params, x, y, grads
 
 
