@@ -540,8 +540,14 @@ def reconstruct(
           (states.converged_step[:active.size],
            states.best_value[:active.size]))
       done = (converged >= 0) | (steps_done >= attack.num_steps)
-      for slot in np.nonzero(done)[0]:
-        final[active[slot]] = jax.device_get(_take(states, slot))
+      finished = np.nonzero(done)[0]
+      if finished.size:
+        # One transfer for the chunk's finished jobs, without the optimiser
+        # state (megabytes per job, never read again).
+        kept = jax.device_get(_take(
+            states._replace(variables=None, opt_state=None), finished))
+        for j, slot in enumerate(finished):
+          final[active[slot]] = jax.tree.map(lambda a: a[j], kept)  # pylint: disable=cell-var-from-loop
       keep = np.nonzero(~done)[0]
       if keep.size:
         states = _take(states, keep)
