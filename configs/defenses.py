@@ -68,7 +68,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # in `defenses` run.
   config.sweep.strengths = ml_collections.ConfigDict(
       {k: v for k, v in PAPER_STRENGTHS.items()})
-  config.sweep.jobs_per_chunk = 8
+  # Jobs per device per chunk; 0 chooses from free memory, capped by
+  # max_jobs_per_device. Neither changes the results.
+  config.sweep.jobs_per_device = 0
+  config.sweep.max_jobs_per_device = 64
+  # Targets per (defense, strength): 0 is one per image; more cycle through
+  # the images, each target with its own noise and starts.
+  config.sweep.num_targets = 0
+  # Reconstructions kept for the grids: of the first this many targets.
+  config.sweep.grid_images = 8
 
   if arg == 'quick':
     config.data.count = 2
@@ -79,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sweep.strengths.laplacian = (1e-4, 1e-2, 1e-1)
     config.sweep.strengths.prune_layer = (0.1, 0.5, 0.7)
     config.sweep.strengths.prune_global = (0.1, 0.5, 0.7)
-    config.sweep.jobs_per_chunk = 6
+    config.sweep.jobs_per_device = 6
   elif arg:
     raise ValueError(f'Unknown config argument {arg!r}; use "quick" or none.')
   return config

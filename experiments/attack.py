@@ -62,7 +62,7 @@ def check_workdir(workdir: str) -> None:
     raise ValueError('--workdir is required.')
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)

@@ -2,10 +2,25 @@ r"""Sweeps the DLG attack over gradient defenses and strengths (DLG section 5).
 
   python -m experiments.sweep --config=configs/defenses.py --workdir=runs/defenses
 
-Every (defense, strength, image, restart) is one job; jobs run in compiled
-chunks of `config.sweep.jobs_per_chunk` (see `dlg_jax.sweep`), and after
-each chunk the results so far are checkpointed in `<workdir>/checkpoints`.
-Rerunning the same command resumes; a workdir of another config is refused.
+Every (defense, strength, target, restart) is one job; jobs run in compiled
+chunks split over every device (see `dlg_jax.sweep`), each device running
+`config.sweep.jobs_per_device` jobs per chunk (0: as many as half its free
+memory holds, at most `config.sweep.max_jobs_per_device`). Each finished
+chunk is appended to `<workdir>/checkpoints`; rerunning the same command
+resumes, and a workdir of another config is refused.
+
+Devices and hosts (flags, as they do not change the results):
+
+  --num_devices=N        use the first N devices (0, the default: all).
+  --coordinator_address=HOST:PORT --num_processes=P --process_id=I
+                         join a multi-host run (a TPU pod slice, several
+                         GPU hosts): every host runs the same command with
+                         its own id; only process 0 writes outputs.
+  --coordinator_timeout=S
+                         seconds to wait for the coordinator (default 300).
+
+On one CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=8` simulates
+8 devices.
 
 Writes into the workdir: `results.json` (`records`, one per defense,
 strength and image, and a `summary` per defense and strength), `table.md`
@@ -25,12 +40,32 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from dlg_jax import defenses as defenses_lib
 from dlg_jax import figures
+from dlg_jax import parallel
 from dlg_jax import sweep as sweep_lib
 from experiments import attack as attack_launcher
+
+# Config keys that decide how the jobs run, not what they compute: left out
+# of the workdir's fingerprint, so a sweep may resume with other values.
+_EXECUTION_KEYS = ('jobs_per_device', 'max_jobs_per_device')
+
+
+def define_parallel_flags() -> None:
+  """The device and multi-host flags (see the module docstring)."""
+  flags.DEFINE_integer('num_devices', 0,
+                       'Devices to use; 0 uses every device of every host.')
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0, for a multi-host run.')
+  flags.DEFINE_integer('num_processes', None,
+                       'Processes (hosts) in a multi-host run.')
+  flags.DEFINE_integer('process_id', None,
+                       'This process\'s id in [0, num_processes).')
+  flags.DEFINE_float('coordinator_timeout', 300.0,
+                     'Seconds to wait for the coordinator and the others.')
 
 
 def check_sweep(config) -> sweep_lib.SweepSpec:
@@ -58,9 +93,18 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
         f'config.sweep.strengths.{name}', defenses_lib.check_strength, name,
         np.asarray(strengths))
     defenses.append((name, strengths))
-  if cfg.jobs_per_chunk < 1:
+  if cfg.jobs_per_device < 0:
+    raise ValueError('config.sweep.jobs_per_device must be >= 1, or 0 to '
+                     f'choose from memory; got {cfg.jobs_per_device}.')
+  if cfg.max_jobs_per_device < 1:
+    raise ValueError('config.sweep.max_jobs_per_device must be >= 1, got '
+                     f'{cfg.max_jobs_per_device}.')
+  if cfg.num_targets < 0:
+    raise ValueError('config.sweep.num_targets must be >= 1, or 0 for one '
+                     f'per image; got {cfg.num_targets}.')
+  if cfg.grid_images < 0:
     raise ValueError(
-        f'config.sweep.jobs_per_chunk must be >= 1, got {cfg.jobs_per_chunk}.')
+        f'config.sweep.grid_images must be >= 0, got {cfg.grid_images}.')
   if config.attack.restarts < 1:
     raise ValueError(
         f'config.attack.restarts must be >= 1, got {config.attack.restarts}.')
@@ -70,7 +114,7 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
   return sweep_lib.SweepSpec(defenses=tuple(defenses),
                              restarts=config.attack.restarts,
                              seed=config.seed,
-                             jobs_per_chunk=cfg.jobs_per_chunk)
+                             num_targets=cfg.num_targets or None)
 
 
 def _progress_logger():
@@ -120,28 +164,55 @@ def _write_tables(workdir: str, rows: list[dict[str, Any]],
     f.write('\n'.join(lines) + '\n')
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Runs the sweep of `config` into `workdir`; returns `results.json`."""
+def _fingerprint_config(config) -> dict[str, Any]:
+  out = config.to_dict()
+  for key in _EXECUTION_KEYS:
+    out['sweep'].pop(key, None)
+  return out
+
+
+def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
+  """Runs the sweep of `config` into `workdir`; returns `results.json`.
+
+  Args:
+    config: a `configs/defenses.py`-style config.
+    workdir: where checkpoints and outputs go (outputs from process 0 only).
+    num_devices: devices to spread the jobs over; 0 is all.
+  """
   spec = check_sweep(config)
+  mesh = attack_launcher._under(  # pylint: disable=protected-access
+      '--num_devices', parallel.make_mesh, num_devices)
   attack_launcher.check_workdir(workdir)
   ds, params, attack = attack_launcher.build(
       config, attack_launcher.load_data(config))
-  figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  plan = sweep_lib.chunks(spec, len(ds.x))
-  logging.info('%d defenses, %d images, %d restarts: %d chunks of %d jobs',
-               len(spec.defenses), len(ds.x), spec.restarts, len(plan),
-               spec.jobs_per_chunk)
+  main = parallel.is_main_process()
+  if main:
+    figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  targets = spec.targets(len(ds.x))
+  logging.info('%d devices (%s, %d processes); %d defenses, %d targets of %d '
+               'images, %d restarts: %d jobs', mesh.size,
+               jax.default_backend(), jax.process_count(),
+               len(spec.defenses), targets, len(ds.x), spec.restarts,
+               spec.num_jobs(len(ds.x)))
   start = time.perf_counter()
+  cfg = config.sweep
   result = sweep_lib.run_sweep(
-      attack, params, ds.x, ds.y, spec, workdir=workdir,
-      extra_fingerprint=config.to_dict(), on_chunk=_progress_logger())
+      attack, params, ds.x, ds.y, spec, workdir=workdir, mesh=mesh,
+      jobs_per_device=cfg.jobs_per_device or None,
+      max_jobs_per_device=cfg.max_jobs_per_device,
+      keep_images=min(targets, cfg.grid_images),
+      extra_fingerprint=_fingerprint_config(config),
+      on_chunk=_progress_logger())
   wall = time.perf_counter() - start
+  logging.info('%d jobs per device, %d compiles', result.jobs_per_device,
+               result.compiles)
 
   records = [{
       'defense': str(result.defense[i]),
       'strength': float(f'{result.strength[i]:.6g}'),
-      'index': int(ds.index[result.target[i]]),
-      'label': int(ds.y[result.target[i]]),
+      'target': int(result.target[i]),
+      'index': int(ds.index[result.image[i]]),
+      'label': int(ds.y[result.image[i]]),
       'mse': float(result.mse[i]),
       'psnr': float(result.psnr[i]),
       'ssim': float(result.ssim[i]),
@@ -158,10 +229,26 @@ def run(config, workdir: str) -> dict[str, Any]:
       'compile_seconds': result.compile_seconds,
       'wall_seconds': wall,
       'resumed_chunks': result.resumed_chunks,
+      'num_devices': result.num_devices,
+      'num_processes': jax.process_count(),
+      'jobs_per_device': result.jobs_per_device,
+      'compiles': result.compiles,
   }}
-  figures.save_json(os.path.join(workdir, 'results.json'), results)
-  _write_tables(workdir, rows, config.success_psnr)
+  for r in rows:
+    logging.info('%s %g: mean PSNR %.2f dB, success rate %.2f', r['defense'],
+                 r['strength'], r['mean_psnr'], r['success_rate'])
+  logging.info('wall %.1f s (compile %.1f s)', wall, result.compile_seconds)
+  if main:
+    _write_outputs(workdir, spec, ds, attack, result, results, rows,
+                   config.success_psnr)
+  return results
 
+
+def _write_outputs(workdir, spec, ds, attack, result, results, rows,
+                   success_psnr) -> None:
+  """results.json, the tables, the PSNR plot and one grid per defense."""
+  figures.save_json(os.path.join(workdir, 'results.json'), results)
+  _write_tables(workdir, rows, success_psnr)
   series = {}
   for name, _ in spec.defenses:
     # One decimal keeps the tick labels (one per x value) from overlapping.
@@ -175,27 +262,32 @@ def run(config, workdir: str) -> dict[str, Any]:
         os.path.join(workdir, 'psnr_vs_strength.png'), series,
         xlabel='log10(strength)', ylabel='mean PSNR (dB)',
         title=f'DLG vs defenses, {attack.num_steps} steps', size=(640, 360))
-  n = len(ds.x)
+  if not len(result.x_record):
+    return
+  # The kept reconstructions: the first targets of every (defense, strength).
+  kept = result.target[result.x_record]
+  shown = int(kept.max()) + 1
+  images = result.image[result.x_record][:shown]
   for name, strengths in spec.defenses:
-    mine = result.defense == name
-    recon = result.x[mine][:, 0].reshape(len(strengths), n, *ds.x.shape[1:])
+    mine = result.defense[result.x_record] == name
+    recon = result.x[mine][:, 0].reshape(len(strengths), shown,
+                                         *ds.x.shape[1:])
     figures.save_reconstruction_grid(
-        os.path.join(workdir, f'grid_{name}.png'), ds.x, recon,
+        os.path.join(workdir, f'grid_{name}.png'), ds.x[images], recon,
         [f'{name} {s:g}' for s in strengths],
-        labels=[str(i) for i in ds.index])
-  for r in rows:
-    logging.info('%s %g: mean PSNR %.2f dB, success rate %.2f', r['defense'],
-                 r['strength'], r['mean_psnr'], r['success_rate'])
-  logging.info('wall %.1f s (compile %.1f s)', wall, result.compile_seconds)
-  return results
+        labels=[str(ds.index[i]) for i in images])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
+  f = flags.FLAGS
+  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                      timeout_s=f.coordinator_timeout)
+  run(f.config, f.workdir, num_devices=f.num_devices)
 
 
 if __name__ == '__main__':
   attack_launcher.define_flags()
+  define_parallel_flags()
   app.run(main)

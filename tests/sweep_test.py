@@ -47,20 +47,44 @@ def _tiny():
 # 8 gaussian jobs in chunks of 3 (the last padded) and 4 int8 jobs: 5 chunks.
 _SPEC = sweep.SweepSpec(defenses=(('gaussian', (1e-4, 1e-1)),
                                   ('int8', (0.0,))),
-                        restarts=2, seed=3, jobs_per_chunk=3)
+                        restarts=2, seed=3)
+_CHUNK = 3
 
 
 class SweepTest(absltest.TestCase):
 
   def test_chunks_pad_and_never_span_defenses(self):
-    plan = sweep.chunks(_SPEC, num_targets=2)
+    plan = sweep.chunks(_SPEC, num_images=2, chunk_size=_CHUNK)
     self.assertEqual([(c.defense, c.start, c.stop) for c in plan],
                      [(0, 0, 3), (0, 3, 6), (0, 6, 8), (1, 8, 11),
                       (1, 11, 12)])
+    # Resuming after job 7 (any chunk size) starts at job 7.
+    plan = sweep.chunks(_SPEC, num_images=2, chunk_size=4, first_job=7)
+    self.assertEqual([(c.defense, c.start, c.stop) for c in plan],
+                     [(0, 7, 8), (1, 8, 12)])
+
+  def test_job_indices_count_restarts_fastest(self):
+    spec = sweep.SweepSpec(defenses=(('gaussian', (1e-4, 1e-1)),
+                                     ('int8', (0.0,))),
+                           restarts=2, num_targets=3)
+    jobs = sweep.job_indices(spec, num_images=2, start=0, stop=18)
+    np.testing.assert_array_equal(jobs['defense'], [0] * 12 + [1] * 6)
+    np.testing.assert_array_equal(jobs['strength_index'],
+                                  [0] * 6 + [1] * 6 + [0] * 6)
+    np.testing.assert_array_equal(jobs['target'][:6], [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(jobs['restart'][:4], [0, 1, 0, 1])
+    # Three targets cycle through two images.
+    np.testing.assert_array_equal(jobs['image'][:6], [0, 0, 1, 1, 0, 0])
+    np.testing.assert_allclose(jobs['strength'][[0, 6, 12]],
+                               [1e-4, 1e-1, 0.0])
+    part = sweep.job_indices(spec, num_images=2, start=5, stop=14)
+    for k, v in part.items():
+      np.testing.assert_array_equal(v, jobs[k][5:14], err_msg=k)
 
   def test_interrupted_run_resumes_to_the_uninterrupted_result(self):
     attack, params, x, y = _tiny()
-    full = sweep.run_sweep(attack, params, x, y, _SPEC)
+    full = sweep.run_sweep(attack, params, x, y, _SPEC,
+                           jobs_per_device=_CHUNK)
     self.assertEqual(full.psnr.shape, (6,))  # 3 strengths x 2 targets
     self.assertEqual(list(full.defense),
                      ['gaussian'] * 4 + ['int8'] * 2)
@@ -77,9 +101,10 @@ class SweepTest(absltest.TestCase):
 
     with self.assertRaises(_Interrupt):
       sweep.run_sweep(attack, params, x, y, _SPEC, workdir=workdir,
-                      on_chunk=crash_after_two)
+                      jobs_per_device=_CHUNK, on_chunk=crash_after_two)
     ran = []
     resumed = sweep.run_sweep(attack, params, x, y, _SPEC, workdir=workdir,
+                              jobs_per_device=_CHUNK,
                               on_chunk=lambda *a: ran.append(a[0]))
     self.assertEqual(resumed.resumed_chunks, 2)
     self.assertEqual(ran, [3, 4, 5])  # Only the unfinished chunks run.
@@ -95,13 +120,48 @@ class SweepTest(absltest.TestCase):
     self.assertEqual(again.resumed_chunks, 5)
     np.testing.assert_array_equal(again.psnr, full.psnr)
 
+  def test_resume_with_another_chunk_size(self):
+    # Chunking is not part of the results: a run cut after 3 jobs goes on
+    # in chunks of 5 to the same records.
+    attack, params, x, y = _tiny()
+    full = sweep.run_sweep(attack, params, x, y, _SPEC,
+                           jobs_per_device=_CHUNK)
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+
+    def crash(done, *unused):
+      if done == 1:
+        raise _Interrupt()
+
+    with self.assertRaises(_Interrupt):
+      sweep.run_sweep(attack, params, x, y, _SPEC, workdir=workdir,
+                      jobs_per_device=_CHUNK, on_chunk=crash)
+    chunks = []
+    resumed = sweep.run_sweep(
+        attack, params, x, y, _SPEC, workdir=workdir, jobs_per_device=5,
+        on_chunk=lambda done, total, chunk, s: chunks.append(chunk[1:]))
+    self.assertEqual(chunks, [(3, 8), (8, 12)])
+    np.testing.assert_allclose(resumed.psnr, full.psnr, rtol=1e-5)
+    np.testing.assert_allclose(resumed.x, full.x, atol=1e-5)
+
+  def test_keep_images_and_cyclic_targets(self):
+    attack, params, x, y = _tiny()
+    spec = sweep.SweepSpec(defenses=(('float16', (0.0,)),), num_targets=5)
+    result = sweep.run_sweep(attack, params, x, y, spec, jobs_per_device=2,
+                             keep_images=2)
+    np.testing.assert_array_equal(result.target, np.arange(5))
+    np.testing.assert_array_equal(result.image, [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(result.x_record, [0, 1])
+    self.assertEqual(result.x.shape, (2, 1, 12, 12, 3))
+    # Targets 0 and 2 attack the same image with their own starts.
+    self.assertNotEqual(result.distance[0], result.distance[2])
+
   def test_workdir_of_another_spec_is_refused(self):
     attack, params, x, y = _tiny()
-    spec = sweep.SweepSpec(defenses=(('float16', (0.0,)),), jobs_per_chunk=2)
+    spec = sweep.SweepSpec(defenses=(('float16', (0.0,)),))
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    sweep.run_sweep(attack, params, x, y, spec, workdir=workdir)
-    other = sweep.SweepSpec(defenses=(('float16', (0.0,)),), jobs_per_chunk=2,
-                            seed=1)
+    sweep.run_sweep(attack, params, x, y, spec, workdir=workdir,
+                    jobs_per_device=2)
+    other = sweep.SweepSpec(defenses=(('float16', (0.0,)),), seed=1)
     with self.assertRaisesRegex(ValueError, 'different spec'):
       sweep.run_sweep(attack, params, x, y, other, workdir=workdir)
     with self.assertRaisesRegex(ValueError, 'different spec'):
@@ -112,9 +172,9 @@ class SweepTest(absltest.TestCase):
     # sweep is the 1-restart sweep's only job.
     attack, params, x, y = _tiny()
     one = sweep.run_sweep(attack, params, x, y, sweep.SweepSpec(
-        defenses=(('gaussian', (1e-3,)),), restarts=1, jobs_per_chunk=6))
+        defenses=(('gaussian', (1e-3,)),), restarts=1), jobs_per_device=6)
     three = sweep.run_sweep(attack, params, x, y, sweep.SweepSpec(
-        defenses=(('gaussian', (1e-3,)),), restarts=3, jobs_per_chunk=6))
+        defenses=(('gaussian', (1e-3,)),), restarts=3), jobs_per_device=6)
     self.assertTrue(np.all(three.distance <= one.distance))
     np.testing.assert_array_equal(
         three.distance[three.restart == 0], one.distance[three.restart == 0])
@@ -125,6 +185,14 @@ class SweepTest(absltest.TestCase):
       sweep.SweepSpec(defenses=(('blur', (1.0,)),))
     with self.assertRaisesRegex(ValueError, r'\[0, 1\)'):
       sweep.SweepSpec(defenses=(('prune_layer', (1.0,)),))
+    with self.assertRaisesRegex(ValueError, 'num_targets'):
+      sweep.SweepSpec(defenses=(('float16', (0.0,)),), num_targets=0)
+    attack, params, x, y = _tiny()
+    spec = sweep.SweepSpec(defenses=(('float16', (0.0,)),))
+    with self.assertRaisesRegex(ValueError, 'jobs_per_device'):
+      sweep.run_sweep(attack, params, x, y, spec, jobs_per_device=0)
+    with self.assertRaisesRegex(ValueError, r'x must be \[n, 12, 12, 3\]'):
+      sweep.run_sweep(attack, params, x[..., :1], y, spec)
 
 
 def _quick_config(**sweep_overrides):
@@ -134,7 +202,7 @@ def _quick_config(**sweep_overrides):
   config.attack.optimizer = 'adam'
   config.sweep.defenses = ('gaussian', 'float16')
   config.sweep.strengths.gaussian = (1e-4, 1e-1)
-  config.sweep.jobs_per_chunk = 2
+  config.sweep.jobs_per_device = 2
   for key, value in sweep_overrides.items():
     config.sweep[key] = value
   return config
@@ -170,8 +238,9 @@ class LauncherTest(parameterized.TestCase):
       ('pruning_of_one', {'defenses': ('prune_layer',),
                           'strengths.prune_layer': (0.5, 1.0)},
        r'config.sweep.strengths.prune_layer.*\[0, 1\)'),
-      ('no_jobs_per_chunk', {'jobs_per_chunk': 0},
-       'config.sweep.jobs_per_chunk'),
+      ('negative_jobs_per_device', {'jobs_per_device': -1},
+       'config.sweep.jobs_per_device'),
+      ('no_targets', {'num_targets': -2}, 'config.sweep.num_targets'),
   )
   def test_bad_config_names_the_key(self, overrides, message):
     config = _quick_config()
