@@ -530,7 +530,10 @@ def run_sweep(
       jobs_per_device = (max_jobs_per_device if per_job is None else
                          parallel.jobs_per_device_from_memory(
                              per_job, free, max_jobs=max_jobs_per_device))
-      jobs_per_device = min(jobs_per_device, need)
+      # As few chunks as that allows, evened out so the last is not mostly
+      # padding: 1000 jobs at most 944 a chunk run as 2 of 504, not 944+56.
+      num_chunks = -(-need // min(jobs_per_device, need))
+      jobs_per_device = -(-need // num_chunks)
       if jobs_per_device == 1:
         compiled[first.defense] = probe
       logging.info('jobs per device %d (%s bytes per job, %d free)',

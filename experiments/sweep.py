@@ -43,10 +43,12 @@ from absl import logging
 import jax
 import numpy as np
 
+from dlg_jax import data
 from dlg_jax import defenses as defenses_lib
 from dlg_jax import figures
 from dlg_jax import parallel
 from dlg_jax import sweep as sweep_lib
+from dlg_jax import utility
 from experiments import attack as attack_launcher
 
 # Config keys that decide how the jobs run, not what they compute: left out
@@ -148,27 +150,65 @@ def summarize(records: list[dict[str, Any]],
 
 
 def _write_tables(workdir: str, rows: list[dict[str, Any]],
-                  success_psnr: float) -> None:
+                  success_psnr: float,
+                  baseline_accuracy: float | None = None) -> None:
+  """table.csv and table.md: the leak, and the utility when measured."""
   cols = ('defense', 'strength', 'count', 'mean_psnr', 'mean_ssim',
-          'success_rate', 'label_accuracy', 'mean_seconds')
+          'success_rate', 'label_accuracy', 'mean_seconds', 'accuracy')
   with open(os.path.join(workdir, 'table.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=cols)
     writer.writeheader()
     writer.writerows(rows)
+  acc = lambda a: '-' if a is None else f'{a:.3f}'
   lines = [f'| defense | strength | mean PSNR (dB) | success rate '
-           f'(PSNR >= {success_psnr:g}, label right) | mean SSIM |',
-           '|---|---|---|---|---|']
+           f'(PSNR >= {success_psnr:g}, label right) | mean SSIM | '
+           'model accuracy under it |',
+           '|---|---|---|---|---|---|']
   lines += [f'| {r["defense"]} | {r["strength"]:g} | {r["mean_psnr"]:.2f} | '
-            f'{r["success_rate"]:.2f} | {r["mean_ssim"]:.3f} |' for r in rows]
+            f'{r["success_rate"]:.2f} | {r["mean_ssim"]:.3f} | '
+            f'{acc(r.get("accuracy"))} |' for r in rows]
+  if baseline_accuracy is not None:
+    lines += ['', f'Accuracy without a defense: {baseline_accuracy:.3f} '
+              '(dlg_jax.utility: a ReLU LeNet trained with SGD on the '
+              'bundled MNIST, 100 held-out images).']
   with open(os.path.join(workdir, 'table.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
 
 def _fingerprint_config(config) -> dict[str, Any]:
+  """The config minus what does not change the attack's records."""
   out = config.to_dict()
   for key in _EXECUTION_KEYS:
     out['sweep'].pop(key, None)
+  out.pop('utility', None)
   return out
+
+
+def check_utility(config) -> None:
+  cfg = config.utility
+  if cfg.steps < 0:
+    raise ValueError(f'config.utility.steps must be >= 0, got {cfg.steps}.')
+  if cfg.steps and not cfg.seeds:
+    raise ValueError('config.utility.seeds must name at least one seed.')
+
+
+def utility_table(config, spec: sweep_lib.SweepSpec
+                  ) -> dict[tuple[str, float], float]:
+  """Accuracy of a model trained under each (defense, strength).
+
+  `{}` when `config.utility.steps` is 0; includes `('none', 0.0)`.
+  """
+  cfg = config.utility
+  if not cfg.steps:
+    return {}
+  ds = attack_launcher._under(  # pylint: disable=protected-access
+      'config.utility.source', data.load_dataset, cfg.source)
+  start = time.perf_counter()
+  table = utility.accuracy_table(spec.defenses, ds.x, ds.y, steps=cfg.steps,
+                                 seeds=tuple(cfg.seeds))
+  logging.info('utility: %d models trained in %.1f s', len(table) *
+               len(cfg.seeds), time.perf_counter() - start)
+  return table
 
 
 def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
@@ -180,6 +220,7 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
     num_devices: devices to spread the jobs over; 0 is all.
   """
   spec = check_sweep(config)
+  check_utility(config)
   mesh = attack_launcher._under(  # pylint: disable=protected-access
       '--num_devices', parallel.make_mesh, num_devices)
   attack_launcher.check_workdir(workdir)
@@ -222,6 +263,9 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
       'restart': int(result.restart[i]),
   } for i in range(len(result.psnr))]
   rows = summarize(records, config.success_psnr)
+  accuracy = utility_table(config, spec) if main else {}
+  for r in rows:
+    r['accuracy'] = accuracy.get((r['defense'], float(r['strength'])))
   results = {'records': records, 'summary': {
       'success_psnr': config.success_psnr,
       'num_steps': attack.num_steps,
@@ -233,10 +277,18 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
       'num_processes': jax.process_count(),
       'jobs_per_device': result.jobs_per_device,
       'compiles': result.compiles,
+      'utility': {
+          'baseline_accuracy': accuracy.get((utility.BASELINE, 0.0)),
+          'source': config.utility.source,
+          'steps': config.utility.steps,
+          'seeds': list(config.utility.seeds),
+          'model': 'ReLU LeNet, SGD with momentum (dlg_jax.utility)',
+      } if accuracy else None,
   }}
   for r in rows:
-    logging.info('%s %g: mean PSNR %.2f dB, success rate %.2f', r['defense'],
-                 r['strength'], r['mean_psnr'], r['success_rate'])
+    logging.info('%s %g: mean PSNR %.2f dB, success rate %.2f, accuracy %s',
+                 r['defense'], r['strength'], r['mean_psnr'],
+                 r['success_rate'], r['accuracy'])
   logging.info('wall %.1f s (compile %.1f s)', wall, result.compile_seconds)
   if main:
     _write_outputs(workdir, spec, ds, attack, result, results, rows,
@@ -248,7 +300,9 @@ def _write_outputs(workdir, spec, ds, attack, result, results, rows,
                    success_psnr) -> None:
   """results.json, the tables, the PSNR plot and one grid per defense."""
   figures.save_json(os.path.join(workdir, 'results.json'), results)
-  _write_tables(workdir, rows, success_psnr)
+  util = results['summary']['utility']
+  _write_tables(workdir, rows, success_psnr,
+                util['baseline_accuracy'] if util else None)
   series = {}
   for name, _ in spec.defenses:
     # One decimal keeps the tick labels (one per x value) from overlapping.

@@ -203,6 +203,7 @@ def _quick_config(**sweep_overrides):
   config.sweep.defenses = ('gaussian', 'float16')
   config.sweep.strengths.gaussian = (1e-4, 1e-1)
   config.sweep.jobs_per_device = 2
+  config.utility.steps = 0
   for key, value in sweep_overrides.items():
     config.sweep[key] = value
   return config
@@ -229,6 +230,24 @@ class LauncherTest(parameterized.TestCase):
                          msg=name)
     with open(os.path.join(workdir, 'table.csv')) as f:
       self.assertLen(f.read().strip().splitlines(), 4)
+    self.assertIsNone(results['summary']['utility'])
+
+  def test_utility_beside_the_leak(self):
+    config = _quick_config()
+    config.sweep.defenses = ('gaussian',)
+    config.sweep.strengths.gaussian = (1e-4, 1e1)
+    config.utility.steps = 30
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+    results = sweep_launcher.run(config, workdir)
+    rows = results['summary']['by_defense_and_strength']
+    accuracy = {r['strength']: r['accuracy'] for r in rows}
+    baseline = results['summary']['utility']['baseline_accuracy']
+    # Variance 10 noise drowns 30 SGD steps; 1e-4 does not.
+    self.assertGreater(baseline, 0.5)
+    self.assertGreater(accuracy[1e-4], 0.5)
+    self.assertLess(accuracy[10.0], 0.3)
+    with open(os.path.join(workdir, 'table.md')) as f:
+      self.assertIn('model accuracy under it', f.read())
 
   @parameterized.named_parameters(
       ('unknown_defense', {'defenses': ('gaussian', 'blur')},
@@ -241,12 +260,16 @@ class LauncherTest(parameterized.TestCase):
       ('negative_jobs_per_device', {'jobs_per_device': -1},
        'config.sweep.jobs_per_device'),
       ('no_targets', {'num_targets': -2}, 'config.sweep.num_targets'),
+      ('negative_utility_steps', {'utility.steps': -1},
+       'config.utility.steps'),
   )
   def test_bad_config_names_the_key(self, overrides, message):
     config = _quick_config()
     for key, value in overrides.items():
       if key.startswith('strengths.'):
         config.sweep.strengths[key.split('.', 1)[1]] = value
+      elif key.startswith('utility.'):
+        config.utility[key.split('.', 1)[1]] = value
       else:
         config.sweep[key] = value
     with self.assertRaisesRegex(ValueError, message):
