@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from dlg_jax import client
+from dlg_jax import defenses
 from dlg_jax import labels as labels_lib
 from dlg_jax import objectives
 from dlg_jax import optim
@@ -185,10 +186,24 @@ class Target(NamedTuple):
   `labels` are `[batch, num_classes]`: the iDLG label (analytic), the true
   one (known) or unused (joint). `ground_truth` `[batch, h, w, c]` is only
   used to record when the reconstruction first passes `success_psnr`.
+
+  The last three fields are what an attacker who knows the defense adds
+  (see `aware_target`); None leaves the attack as `Attack` describes it:
+
+  * `mask`: a pytree shaped like `grads` (bool or float). Both gradients
+    are multiplied by it before the distance, so a coordinate where it is
+    0 (e.g. one a pruning defense zeroed) does not enter the objective.
+  * `tolerance`: a scalar distance replacing `Attack.tol`'s. A job whose
+    objective falls to it stops for good (the discrepancy principle: below
+    the expected noise energy, further steps fit the noise).
+  * `tv_weight`: a scalar replacing `Attack.tv_weight`.
   """
   grads: Any
   labels: jax.Array
   ground_truth: jax.Array
+  mask: Any = None
+  tolerance: jax.Array | None = None
+  tv_weight: jax.Array | None = None
 
 
 def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
@@ -241,15 +256,24 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
   """Distance between the dummy data's update and the target, plus priors."""
   grads = shared_update(attack, params, variables['x'],
                         dummy_labels(attack, variables, target))
+  goal = target.grads
+  if target.mask is not None:
+    apply = lambda g, m: g * jnp.asarray(m, g.dtype)
+    grads = jax.tree.map(apply, grads, target.mask)
+    goal = jax.tree.map(apply, goal, target.mask)
   distance = objectives.get_distance(attack.distance)
-  value = distance(grads, target.grads, _layer_weight_tree(attack, grads))
-  if attack.tv_weight:
-    value += attack.tv_weight * jnp.mean(
+  value = distance(grads, goal, _layer_weight_tree(attack, grads))
+  tv_weight = attack.tv_weight if target.tv_weight is None else (
+      target.tv_weight)
+  if target.tv_weight is not None or attack.tv_weight:
+    value += tv_weight * jnp.mean(
         jax.vmap(objectives.total_variation)(variables['x']))
   return value
 
 
 def _tolerance(attack: Attack, target: Target) -> jax.Array:
+  if target.tolerance is not None:
+    return jnp.asarray(target.tolerance, jnp.float32)
   if attack.distance == 'l2':
     norm = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(target.grads))
     return attack.tol * norm
@@ -339,6 +363,13 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
       grad, state.opt_state, state.variables, value=value, grad=grad,
       value_fn=fn)
   variables = optax.apply_updates(state.variables, updates)
+  if target.tolerance is not None:
+    # A target's own tolerance stops the job for good once reached (see
+    # `Target`): the best point, and so the result, stay where they were.
+    stopped = converged_step >= 0
+    keep = lambda new, old: jnp.where(stopped, old, new)
+    variables = jax.tree.map(keep, variables, state.variables)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
   return AttackState(variables, opt_state, best, best_value, state.step + 1,
                      converged_step, success_step, snapshots)
 
@@ -386,6 +417,71 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
     # A NaN reference never counts as a success.
     ground_truth = jnp.full((attack.batch, *attack.image_shape), jnp.nan)
   return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32))
+
+
+# The TV weight per unit of noise variance of `aware_target`: 3 at variance
+# 1e-4, the best fixed weight measured there (see `aware_target`).
+AWARE_TV_PER_VARIANCE = 3e4
+_NOISES = ('gaussian', 'laplacian')
+_PRUNINGS = ('prune_layer', 'prune_global')
+_CASTS = ('float16', 'bfloat16', 'int8')
+
+
+def aware_target(attack: Attack, defense: str, strength: ArrayLike,
+                 defended_grads: Any, true_labels: ArrayLike,
+                 ground_truth: ArrayLike | None = None, *,
+                 params: Any | None = None,
+                 tv_per_variance: float = AWARE_TV_PER_VARIANCE) -> Target:
+  """The target of an attacker who knows the defense and its strength.
+
+  `make_target` plus what that knowledge allows, by `defense` (a name from
+  `defenses.DEFENSES`, static; `strength` may be traced, so one `vmap`
+  covers a sweep of strengths):
+
+  * pruning ('prune_layer', 'prune_global'): only the coordinates that
+    survived are matched (`Target.mask` from `defenses.surviving_mask`); a
+    pruned coordinate says only that its magnitude was small, and matching
+    the dummy's gradient to 0 there pulls it away from the original.
+  * noise ('gaussian', 'laplacian') of variance `strength`: a TV prior of
+    weight `tv_per_variance * strength` replaces `attack.tv_weight`. This is
+    MAP estimation: with noise of variance s^2 the log-likelihood is the l2
+    distance over 2 s^2, so a fixed prior's weight relative to the distance
+    grows in proportion to the variance (and vanishes without noise). It
+    assumes the 'l2' distance.
+  * casts ('float16', 'bfloat16', 'int8'): the plain target; their error
+    is deterministic and far below the gradient's scale.
+
+  Args:
+    attack: the attack.
+    defense: the defense's name.
+    strength: the defense's strength (noise variance, pruned fraction).
+    defended_grads: the shared, defended gradient.
+    true_labels: `[batch]` int labels; used only in 'known' mode.
+    ground_truth: optional `[batch, h, w, c]`, for success-step bookkeeping.
+    params: the shared model's parameters (for the 'count' label method).
+    tv_per_variance: the noise defenses' TV weight per unit variance.
+
+  Returns:
+    A `Target`.
+
+  Raises:
+    ValueError: an unknown `defense`, or noise with a distance other than
+      'l2'.
+  """
+  target = make_target(attack, defended_grads, true_labels, ground_truth,
+                       params=params)
+  if defense in _PRUNINGS:
+    return target._replace(mask=defenses.surviving_mask(defended_grads))
+  if defense in _NOISES:
+    if attack.distance != 'l2':
+      raise ValueError(f'aware_target weighs the prior against the l2 '
+                       f'distance; got distance {attack.distance!r}.')
+    weight = tv_per_variance * jnp.asarray(strength, jnp.float32)
+    return target._replace(tv_weight=weight)
+  if defense in _CASTS:
+    return target
+  raise ValueError(f'aware_target knows no defense {defense!r}; choose one of '
+                   f'{list(_PRUNINGS + _NOISES + _CASTS)}.')
 
 
 class Result(NamedTuple):

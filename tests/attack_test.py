@@ -1,5 +1,7 @@
 """Tests for dlg_jax.attack: the DLG attack must recover real images."""
 
+import dataclasses
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import flax.linen as nn
@@ -10,6 +12,7 @@ import numpy as np
 from dlg_jax import attack
 from dlg_jax import client
 from dlg_jax import data
+from dlg_jax import defenses
 from dlg_jax import metrics
 from dlg_jax import models
 
@@ -312,6 +315,136 @@ class RunnerTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'restarts'):
       attack.reconstruct(self.attack, self.params, self.grads,
                          self.ys[:, None], self.key, restarts=restarts)
+
+
+class TargetFieldsTest(parameterized.TestCase):
+  """`Target.mask`, `.tolerance` and `.tv_weight`, and `aware_target`."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    model = _Mlp()
+    cls.params = jax.jit(models.init_params, static_argnums=(0, 2))(
+        model, jax.random.key(0), _IMAGE_SHAPE)
+    cls.apply_fn = models.make_apply_fn(model)
+    cls.x = jax.random.uniform(jax.random.key(1), (1, *_IMAGE_SHAPE))
+    cls.y = np.array([2])
+    cls.grads = client.gradient(cls.apply_fn, cls.params, cls.x,
+                                jax.nn.one_hot(cls.y, _NUM_CLASSES))
+    cls.attack = attack.Attack(
+        apply_fn=cls.apply_fn, image_shape=_IMAGE_SHAPE,
+        num_classes=_NUM_CLASSES, label_mode='known', init='uniform',
+        num_steps=100)
+
+  def _value_and_grad(self, target):
+    fn = lambda x: attack.objective(self.attack, self.params, {'x': x},
+                                    target)
+    start = jax.random.uniform(jax.random.key(2), self.x.shape)
+    return jax.jit(jax.value_and_grad(fn))(start)
+
+  def test_mask_hides_masked_out_coordinates(self):
+    mask = defenses.surviving_mask(
+        defenses.prune_per_layer(None, self.grads, 0.5))
+    # A target that differs from the true gradient only where mask is off.
+    noise = jax.tree.map(
+        lambda g, m: jnp.where(m, 0.0, 1.0 + jnp.abs(g)), self.grads, mask)
+    shifted = jax.tree.map(jnp.add, self.grads, noise)
+    plain = attack.make_target(self.attack, self.grads, self.y)
+    other = attack.make_target(self.attack, shifted, self.y)
+    value, grad = self._value_and_grad(plain._replace(mask=mask))
+    value_other, grad_other = self._value_and_grad(other._replace(mask=mask))
+    np.testing.assert_allclose(value_other, value, rtol=1e-6)
+    np.testing.assert_allclose(grad_other, grad, rtol=1e-5, atol=1e-9)
+    # Without the mask those coordinates count.
+    self.assertGreater(float(self._value_and_grad(other)[0]),
+                       2.0 * float(self._value_and_grad(plain)[0]))
+
+  def test_target_tv_weight_replaces_attack_tv_weight(self):
+    target = attack.make_target(self.attack, self.grads, self.y)
+    with_tv = dataclasses.replace(self.attack, tv_weight=0.3)
+    x = {'x': jax.random.uniform(jax.random.key(3), self.x.shape)}
+    want = attack.objective(with_tv, self.params, x, target)
+    got = attack.objective(self.attack, self.params, x,
+                           target._replace(tv_weight=jnp.float32(0.3)))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    zero = attack.objective(with_tv, self.params, x,
+                            target._replace(tv_weight=jnp.float32(0.0)))
+    np.testing.assert_allclose(
+        zero, attack.objective(self.attack, self.params, x, target),
+        rtol=1e-6)
+
+  def test_target_tolerance_stops_the_job(self):
+    run = jax.jit(attack.run_steps, static_argnums=(0, 4))
+    start = attack.init_state(self.attack, jax.random.key(4))
+    target = attack.make_target(self.attack, self.grads, self.y)
+    free = run(self.attack, self.params, start, target, 20)
+    # A tolerance above the start's distance stops the job at step 0, for
+    # good: the best point stays the start.
+    stopped = run(self.attack, self.params, start,
+                  target._replace(tolerance=jnp.float32(1e9)), 20)
+    self.assertEqual(int(stopped.converged_step), 0)
+    self.assertEqual(int(stopped.step), 20)
+    np.testing.assert_array_equal(stopped.best['x'], start.variables['x'])
+    # One of zero is never reached: the job runs as without it.
+    never = run(self.attack, self.params, start,
+                target._replace(tolerance=jnp.float32(0.0)), 20)
+    self.assertEqual(int(never.converged_step), -1)
+    np.testing.assert_allclose(never.best_value, free.best_value, rtol=1e-5)
+
+  def test_aware_pruning_beats_plain(self):
+    # Measured on 4 images and starts of this MLP at 70% pruning, 100
+    # L-BFGS steps: plain 13.9-16.2 dB, aware 100 dB (exact).
+    defended = defenses.prune_per_layer(None, self.grads, 0.7)
+    run = jax.jit(attack.run_steps, static_argnums=(0, 4))
+    start = attack.init_state(self.attack, jax.random.key(5))
+    psnr = {}
+    for name, target in [
+        ('plain', attack.make_target(self.attack, defended, self.y)),
+        ('aware', attack.aware_target(self.attack, 'prune_layer', 0.7,
+                                      defended, self.y))]:
+      state = run(self.attack, self.params, start, target, 100)
+      psnr[name] = float(metrics.psnr(
+          jnp.clip(state.best['x'][0], 0.0, 1.0), self.x[0]))
+    self.assertLess(psnr['plain'], 25.0)
+    self.assertGreater(psnr['aware'], 50.0)
+
+  def test_aware_target_per_defense(self):
+    plain = attack.make_target(self.attack, self.grads, self.y)
+    for name in ('float16', 'bfloat16', 'int8'):
+      got = attack.aware_target(self.attack, name, 0.0, self.grads, self.y)
+      self.assertIsNone(got.mask)
+      self.assertIsNone(got.tv_weight)
+      jax.tree.map(np.testing.assert_array_equal, got.grads, plain.grads)
+    noisy = attack.aware_target(self.attack, 'gaussian', 1e-4, self.grads,
+                                self.y)
+    np.testing.assert_allclose(noisy.tv_weight,
+                               attack.AWARE_TV_PER_VARIANCE * 1e-4,
+                               rtol=1e-6)
+    self.assertIsNone(noisy.mask)
+    with self.assertRaisesRegex(ValueError, 'dp_sgd'):
+      attack.aware_target(self.attack, 'dp_sgd', 1.0, self.grads, self.y)
+    cosine = dataclasses.replace(self.attack, distance='cosine')
+    with self.assertRaisesRegex(ValueError, 'l2'):
+      attack.aware_target(cosine, 'laplacian', 1e-4, self.grads, self.y)
+
+  def test_aware_target_vmaps_over_traced_strengths(self):
+    strengths = jnp.array([0.0, 0.5, 0.9])
+
+    def one(s):
+      defended = defenses.prune_per_layer(None, self.grads, s)
+      return attack.aware_target(self.attack, 'prune_layer', s, defended,
+                                 self.y)
+
+    targets = jax.jit(jax.vmap(one))(strengths)
+    kept = [sum(int(m[i].sum()) for m in jax.tree.leaves(targets.mask))
+            for i in range(3)]
+    total = sum(g.size for g in jax.tree.leaves(self.grads))
+    self.assertEqual(kept[0], total)
+    self.assertGreater(kept[1], kept[2])
+    noise = jax.jit(jax.vmap(lambda s: attack.aware_target(
+        self.attack, 'gaussian', s, self.grads, self.y).tv_weight))(strengths)
+    np.testing.assert_allclose(
+        noise, attack.AWARE_TV_PER_VARIANCE * strengths, rtol=1e-6)
 
 
 class AttackConfigTest(parameterized.TestCase):
