@@ -64,6 +64,8 @@ from dlg_jax import parallel
 _DEFENSE_STREAM = 0
 _RESTART_STREAM = 1
 _CHECKPOINT_DIR = 'checkpoints'
+# Jobs per device chosen from memory when several CPU devices are simulated.
+_SIMULATED_CPU_MAX_JOBS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +84,15 @@ class SweepSpec:
     seed: the sweep's PRNG seed.
     num_targets: targets per (defense, strength); target `t` attacks image
       `t % len(x)` with its own noise and starts. None is one per image.
+    defense_aware: the attacker knows the defense and its strength
+      (`attack.aware_target`); False is the DLG attacker, who matches the
+      shared gradient as it is.
   """
   defenses: tuple[tuple[str, tuple[float, ...]], ...]
   restarts: int = 1
   seed: int = 0
   num_targets: int | None = None
+  defense_aware: bool = False
 
   def __post_init__(self):
     if not self.defenses:
@@ -251,9 +257,8 @@ def fingerprint(attack: attack_lib.Attack, params: Any, x: ArrayLike,
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _job_fn(attack: attack_lib.Attack, defense: defenses_lib.Defense,
-            defense_index: int,
-            seed: int) -> Callable[..., dict[str, jax.Array]]:
+def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
+            seed: int, aware: bool) -> Callable[..., dict[str, jax.Array]]:
   """One job, as a function of its indices and image; vmapped over jobs."""
 
   def job(strength, strength_index, target, restart, image, label, params):
@@ -264,9 +269,13 @@ def _job_fn(attack: attack_lib.Attack, defense: defenses_lib.Defense,
     base = jax.random.fold_in(jax.random.fold_in(
         jax.random.key(seed), defense_index), strength_index)
     base = jax.random.fold_in(base, target)
-    defended = defense(jax.random.fold_in(base, _DEFENSE_STREAM), grads,
-                       strength)
-    goal = attack_lib.make_target(attack, defended, y, x, params=params)
+    defended = defenses_lib.get_defense(defense_name)(
+        jax.random.fold_in(base, _DEFENSE_STREAM), grads, strength)
+    if aware:
+      goal = attack_lib.aware_target(attack, defense_name, strength, defended,
+                                     y, x, params=params)
+    else:
+      goal = attack_lib.make_target(attack, defended, y, x, params=params)
     start = attack_lib.init_state(
         attack, jax.random.fold_in(
             jax.random.fold_in(base, _RESTART_STREAM), restart))
@@ -506,8 +515,7 @@ def run_sweep(
   def jit_fn(d: int):
     name = spec.defenses[d][0]
     jobs, one = parallel.job_sharding(mesh), parallel.replicated(mesh)
-    return jax.jit(_job_fn(attack, defenses_lib.get_defense(name), d,
-                           spec.seed),
+    return jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
                    in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
 
   compiled: dict[int, Any] = {}
@@ -530,6 +538,12 @@ def run_sweep(
       jobs_per_device = (max_jobs_per_device if per_job is None else
                          parallel.jobs_per_device_from_memory(
                              per_job, free, max_jobs=max_jobs_per_device))
+      if mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu':
+        # Simulated CPU devices (xla_force_host_platform_device_count) run
+        # concurrently in one process; with jax 0.10.2 on a 2-core host,
+        # 32 or more of these jobs per device hung XLA:CPU for good (2
+        # devices x 64 and 8 x 32 did; 8 x 16 did not).
+        jobs_per_device = min(jobs_per_device, _SIMULATED_CPU_MAX_JOBS)
       # As few chunks as that allows, evened out so the last is not mostly
       # padding: 1000 jobs at most 944 a chunk run as 2 of 504, not 944+56.
       num_chunks = -(-need // min(jobs_per_device, need))

@@ -116,7 +116,8 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
   return sweep_lib.SweepSpec(defenses=tuple(defenses),
                              restarts=config.attack.restarts,
                              seed=config.seed,
-                             num_targets=cfg.num_targets or None)
+                             num_targets=cfg.num_targets or None,
+                             defense_aware=bool(config.attack.defense_aware))
 
 
 def _progress_logger():

@@ -180,6 +180,18 @@ class SweepTest(absltest.TestCase):
         three.distance[three.restart == 0], one.distance[three.restart == 0])
     self.assertTrue(np.all(three.restart >= 0) and np.all(three.restart < 3))
 
+  def test_defense_aware_attacker_is_part_of_the_spec(self):
+    attack, params, x, y = _tiny()
+    spec = sweep.SweepSpec(defenses=(('prune_layer', (0.7,)),))
+    aware = sweep.SweepSpec(defenses=(('prune_layer', (0.7,)),),
+                            defense_aware=True)
+    plain = sweep.run_sweep(attack, params, x, y, spec, jobs_per_device=2)
+    knows = sweep.run_sweep(attack, params, x, y, aware, jobs_per_device=2)
+    # Matching only the surviving 30% changes the distance the attack sees.
+    self.assertTrue(np.all(knows.distance < plain.distance))
+    self.assertNotEqual(sweep.fingerprint(attack, params, x, y, spec),
+                        sweep.fingerprint(attack, params, x, y, aware))
+
   def test_bad_spec_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown defense'):
       sweep.SweepSpec(defenses=(('blur', (1.0,)),))
