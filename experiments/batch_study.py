@@ -15,8 +15,13 @@ sample set (`config.study.label_sets`) and writes `labels.json` and
 `labels.md`: for each batch size up to `config.study.label_max_batch`, the
 share of batches whose label multiset each method recovers exactly, over all
 consecutive groups and random draws.
+
+With `config.study.joint_steps > 0` it also compares those analytic labels
+with DLG's own: the attack with `label_mode='joint'` on the same batches
+(`label_comparison`), written to `label_comparison.json` and `.md`.
 """
 
+import collections
 import os
 import statistics
 from typing import Any
@@ -179,6 +184,99 @@ def label_table(study: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def label_overlap(predicted, true) -> int:
+  """How many labels of a batch are right, as multisets (order is lost)."""
+  return sum((collections.Counter(np.asarray(predicted).tolist())
+              & collections.Counter(np.asarray(true).tolist())).values())
+
+
+def _check_comparison(config) -> None:
+  """Errors naming the key, before any work."""
+  if config.client.local_steps != 1:
+    raise ValueError(
+        'config.study.joint_steps > 0 compares labels read off a gradient; '
+        'set config.client.local_steps=1 or config.study.joint_steps=0.')
+  for b in config.study.batch_sizes:
+    if config.study.joint_count % b:
+      raise ValueError(
+          f'config.study.joint_count ({config.study.joint_count}) must be a '
+          f'multiple of every batch size in config.study.batch_sizes, not of '
+          f'{b}.')
+
+
+def label_comparison(config, workdir: str) -> dict[int, dict[str, Any]]:
+  """Batch labels by joint optimisation (DLG) against reading them off.
+
+  For each batch size in `config.study.batch_sizes`, runs the attack with
+  `label_mode='joint'` (dummy label logits optimised with the images, as the
+  DLG paper) for `config.study.joint_steps` steps on the first
+  `config.study.joint_count` images (in `workdir/joint_<B>`), and reads the
+  labels of the same batches off the same gradients with 'count' (and
+  'idlg' for batch 1). FedSGD only: the analytic methods read a gradient.
+
+  Returns:
+    `{batch: {method: {'accuracy': share of labels right (as multisets),
+    'exact': share of batches with every label right}, 'batches': n,
+    'joint_mean_psnr': dB}}`.
+  """
+  _check_comparison(config)
+  out = {}
+  for b in config.study.batch_sizes:
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.data.batch_size = b
+      cfg.data.count = config.study.joint_count
+      cfg.attack.label_mode = 'joint'
+      cfg.attack.num_steps = config.study.joint_steps
+    results = attack_launcher.run(cfg, os.path.join(workdir, f'joint_{b}'))
+    batches: dict[int, list[dict[str, Any]]] = {}
+    for r in results['records']:
+      batches.setdefault(r['batch'], []).append(r)
+    got = {'joint': [([r['predicted_label'] for r in rs],
+                      [r['label'] for r in rs]) for rs in batches.values()]}
+
+    ds, params, attack = attack_launcher.build(
+        cfg, attack_launcher.load_data(cfg))
+    methods = ('count', 'idlg') if b == 1 else ('count',)
+
+    @jax.jit
+    def recover(x, y, b=b, methods=methods, attack=attack, params=params):
+      onehot = jax.nn.one_hot(y, attack.num_classes)
+      grads = client.gradient(attack.apply_fn, params, x, onehot)
+      return {m: labels.batch_labels(grads, attack.num_classes, b, method=m,
+                                     params=params) for m in methods}
+
+    for m in methods:
+      got[m] = []
+    for s in range(0, len(ds.x), b):
+      y = ds.y[s:s + b]
+      pred = recover(jnp.asarray(ds.x[s:s + b]), jnp.asarray(y))
+      for m in methods:
+        got[m].append((np.asarray(pred[m]), y))
+    out[b] = {m: {'accuracy': sum(label_overlap(p, t) for p, t in pairs)
+                              / (b * len(pairs)),
+                  'exact': statistics.mean(float(label_overlap(p, t) == b)
+                                           for p, t in pairs)}
+              for m, pairs in got.items()}
+    out[b].update(batches=len(batches), joint_mean_psnr=statistics.mean(
+        r['psnr'] for r in results['records']))
+    logging.info('label comparison B=%d: %s', b, out[b])
+  return out
+
+
+def comparison_table(rows: dict[int, dict[str, Any]]) -> str:
+  """The label comparison as a Markdown table."""
+  cell = lambda row, m: (f'{row[m]["accuracy"]:.0%} / {row[m]["exact"]:.0%}'
+                         if m in row else '-')
+  lines = ['| batch | batches | joint (DLG) labels / batches exact | count | '
+           'idlg | joint mean PSNR (dB) |', '|---|---|---|---|---|---|']
+  for b, row in sorted(rows.items()):
+    lines.append(f'| {b} | {row["batches"]} | {cell(row, "joint")} | '
+                 f'{cell(row, "count")} | {cell(row, "idlg")} | '
+                 f'{row["joint_mean_psnr"]:.1f} |')
+  return '\n'.join(lines) + '\n'
+
+
 def run(config, workdir: str) -> dict[int, dict[str, Any]]:
   """Runs the study and writes its outputs; returns the rows by batch size."""
   attack_launcher.check_workdir(workdir)
@@ -188,6 +286,8 @@ def run(config, workdir: str) -> dict[int, dict[str, Any]]:
       raise ValueError(
           f'config.study.batch_sizes: {b} does not divide config.data.count '
           f'({config.data.count}).')
+  if config.study.joint_steps:
+    _check_comparison(config)
   if config.study.label_sets:
     sources = dict(config.study.label_sets)
     study = label_study(
@@ -197,6 +297,15 @@ def run(config, workdir: str) -> dict[int, dict[str, Any]]:
     figures.save_json(os.path.join(workdir, 'labels.json'), study)
     table = label_table(study)
     with open(os.path.join(workdir, 'labels.md'), 'w',
+              encoding='utf-8') as f:
+      f.write(table)
+    logging.info('\n%s', table)
+  if config.study.joint_steps:
+    comparison = label_comparison(config, workdir)
+    figures.save_json(os.path.join(workdir, 'label_comparison.json'),
+                      {str(b): row for b, row in comparison.items()})
+    table = comparison_table(comparison)
+    with open(os.path.join(workdir, 'label_comparison.md'), 'w',
               encoding='utf-8') as f:
       f.write(table)
     logging.info('\n%s', table)

@@ -278,7 +278,7 @@ class BatchAttackTest(absltest.TestCase):
     self.assertBetween(int(result.success_step[0]), 0, 299)
 
 
-class StudyTest(absltest.TestCase):
+class StudyTest(parameterized.TestCase):
 
   def test_rows_table_and_plot(self):
     records = [
@@ -306,6 +306,30 @@ class StudyTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'no finite point'):
       figures.save_line_plot(path, {'a': ([1], [None])}, xlabel='x',
                              ylabel='y')
+
+  def test_label_overlap_and_comparison_table(self):
+    # Labels are multisets: a repeated label counts as often as it is right.
+    self.assertEqual(batch_study.label_overlap([3, 3, 5], [5, 3, 7]), 2)
+    self.assertEqual(batch_study.label_overlap([3, 3, 5], [3, 5, 3]), 3)
+    self.assertEqual(batch_study.label_overlap(np.array([1, 1]), [1, 2]), 1)
+    rows = {2: {'joint': {'accuracy': 0.75, 'exact': 0.5},
+                'count': {'accuracy': 1.0, 'exact': 1.0}, 'batches': 2,
+                'joint_mean_psnr': 21.04}}
+    self.assertIn('| 2 | 2 | 75% / 50% | 100% / 100% | - | 21.0 |',
+                  batch_study.comparison_table(rows))
+
+  @parameterized.named_parameters(
+      ('count', {'joint_count': 3}, r'config\.study\.joint_count'),
+      ('fedavg', {'local_steps': 2}, r'config\.client\.local_steps'),
+  )
+  def test_bad_comparison_config_raises_before_work(self, overrides, message):
+    config = batch_config.get_config('quick')
+    config.study.joint_count = overrides.get('joint_count', 2)
+    config.client.local_steps = overrides.get('local_steps', 1)
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+    with self.assertRaisesRegex(ValueError, message):
+      batch_study.run(config, workdir)
+    self.assertEqual(os.listdir(workdir), [])
 
 
 class LauncherTest(parameterized.TestCase):
