@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.jobs_per_device = 0
   config.sweep.max_jobs_per_device = 256
   config.sweep.grid_images = 8
+  config.utility.steps = 0  # No model training: this is about throughput.
   if arg == 'quick':
     config.sweep.num_targets = 1_000
   elif arg:
