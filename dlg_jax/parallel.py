@@ -120,8 +120,11 @@ def _check_bindable(address: str) -> None:
 def initialize(coordinator_address: str | None = None,
                num_processes: int | None = None,
                process_id: int | None = None, *,
-               timeout_s: float = 300.0) -> None:
+               timeout_s: float = 300.0, auto: bool = False) -> None:
   """Joins a multi-host run; a no-op when no setting is given.
+
+  With `auto`, JAX finds the settings itself, as it does on Cloud TPU pod
+  slices, under Slurm and under Open MPI.
 
   Call it before any other JAX computation. JAX itself aborts the process
   (no Python exception) when the coordinator never answers; this checks
@@ -134,13 +137,23 @@ def initialize(coordinator_address: str | None = None,
     num_processes: how many processes take part.
     process_id: this process's id.
     timeout_s: how long to wait for the coordinator and the other processes.
+    auto: let JAX detect the cluster (no other setting may be given).
 
   Raises:
     ValueError: inconsistent settings (see `check_distributed`), or process
       0 unable to serve on the address's port.
     TimeoutError: the coordinator did not answer within `timeout_s`.
   """
-  if not check_distributed(coordinator_address, num_processes, process_id):
+  explicit = check_distributed(coordinator_address, num_processes, process_id)
+  if auto:
+    if explicit:
+      raise ValueError('--auto_distributed detects the cluster; do not also '
+                       'give --coordinator_address, --num_processes or '
+                       '--process_id.')
+    logging.info('joining the cluster JAX detects (timeout %g s)', timeout_s)
+    jax.distributed.initialize(initialization_timeout=int(max(1, timeout_s)))
+    return
+  if not explicit:
     return
   if process_id == 0:
     _check_bindable(coordinator_address)

@@ -18,6 +18,8 @@ Devices and hosts (flags, as they do not change the results):
                          its own id; only process 0 writes outputs.
   --coordinator_timeout=S
                          seconds to wait for the coordinator (default 300).
+  --auto_distributed     let JAX find the hosts itself (Cloud TPU pod
+                         slices, Slurm, Open MPI).
 
 On one CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=8` simulates
 8 devices.
@@ -68,6 +70,9 @@ def define_parallel_flags() -> None:
                        'This process\'s id in [0, num_processes).')
   flags.DEFINE_float('coordinator_timeout', 300.0,
                      'Seconds to wait for the coordinator and the others.')
+  flags.DEFINE_bool('auto_distributed', False,
+                    'Join the multi-host run JAX detects itself (Cloud TPU '
+                    'pod slices, Slurm, Open MPI).')
 
 
 def check_sweep(config) -> sweep_lib.SweepSpec:
@@ -338,7 +343,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   parallel.initialize(f.coordinator_address, f.num_processes, f.process_id,
-                      timeout_s=f.coordinator_timeout)
+                      timeout_s=f.coordinator_timeout,
+                      auto=f.auto_distributed)
   run(f.config, f.workdir, num_devices=f.num_devices)
 
 

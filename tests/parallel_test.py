@@ -59,6 +59,10 @@ class FlagsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'host:port'):
       parallel.check_distributed('10.0.0.1', 2, 0)
 
+  def test_auto_excludes_explicit_settings(self):
+    with self.assertRaisesRegex(ValueError, '--auto_distributed'):
+      parallel.initialize('10.0.0.1:1234', 2, 1, auto=True)
+
   def test_unreachable_coordinator_fails_within_the_timeout(self):
     address = f'127.0.0.1:{_free_port()}'  # Nobody listens there.
     start = time.monotonic()
