@@ -39,7 +39,7 @@ References:
   Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, section 5.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import hashlib
 import json
@@ -211,18 +211,40 @@ def job_indices(spec: SweepSpec, num_images: int, start: int,
   }
 
 
-def chunks(spec: SweepSpec, num_images: int, chunk_size: int,
-           first_job: int = 0) -> list[Chunk]:
-  """The chunks from job `first_job` on; a chunk never spans two defenses."""
-  if chunk_size < 1:
-    raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
+def chunks(spec: SweepSpec, num_images: int,
+           chunk_size: int | Sequence[int], first_job: int = 0) -> list[Chunk]:
+  """The chunks from job `first_job` on; a chunk never spans two defenses.
+
+  Args:
+    spec: the sweep.
+    num_images: images the targets cycle through.
+    chunk_size: jobs per chunk, one for all defenses or one per defense.
+    first_job: jobs before it are done.
+  """
+  sizes = ([chunk_size] * len(spec.defenses) if isinstance(chunk_size, int)
+           else list(chunk_size))
+  if len(sizes) != len(spec.defenses) or min(sizes) < 1:
+    raise ValueError(f'chunk_size must be >= 1 (one, or one per defense), '
+                     f'got {chunk_size}.')
   offsets = _offsets(spec, num_images)
   out = []
-  for d in range(len(spec.defenses)):
+  for d, size in enumerate(sizes):
     lo, end = max(int(offsets[d]), first_job), int(offsets[d + 1])
-    for start in range(lo, end, chunk_size):
-      out.append(Chunk(d, start, min(start + chunk_size, end)))
+    for start in range(lo, end, size):
+      out.append(Chunk(d, start, min(start + size, end)))
   return out
+
+
+def _even(need: int, cap: int) -> int:
+  """Jobs per device for `need` of them at most `cap` a chunk, evened out.
+
+  As few chunks as `cap` allows, of equal size, so the last is not mostly
+  padding: 125 at most 118 a chunk run as 2 of 63, not 118 + 7.
+  """
+  if need <= 0:
+    return 1
+  num_chunks = -(-need // min(cap, need))
+  return -(-need // num_chunks)
 
 
 def _sha(*arrays: Any) -> str:
@@ -522,11 +544,11 @@ def run_sweep(
   compile_seconds, compiles = 0.0, 0
   try:
     todo = chunks(spec, n, 1, store.done)
-    largest = max((int(offsets[d + 1] - max(offsets[d], store.done))
-                   for d in range(len(spec.defenses))), default=0)
-    # No more jobs per device than the largest defense needs: a bigger
-    # chunk would be padding.
-    need = max(1, parallel.padded_size(largest, devices) // devices)
+    # Jobs each device still needs per defense: chunks bigger than that
+    # would be padding.
+    need = [parallel.padded_size(
+        max(0, int(offsets[d + 1] - max(offsets[d], store.done))), devices)
+            // devices for d in range(len(spec.defenses))]
     if todo and jobs_per_device is None:
       start = time.perf_counter()
       first = Chunk(todo[0].defense, todo[0].start, todo[0].start + 1)
@@ -544,21 +566,19 @@ def run_sweep(
         # 32 or more of these jobs per device hung XLA:CPU for good (2
         # devices x 64 and 8 x 32 did; 8 x 16 did not).
         jobs_per_device = min(jobs_per_device, _SIMULATED_CPU_MAX_JOBS)
-      # As few chunks as that allows, evened out so the last is not mostly
-      # padding: 1000 jobs at most 944 a chunk run as 2 of 504, not 944+56.
-      num_chunks = -(-need // min(jobs_per_device, need))
-      jobs_per_device = -(-need // num_chunks)
-      if jobs_per_device == 1:
+      if _even(need[first.defense], jobs_per_device) == 1:
         compiled[first.defense] = probe
-      logging.info('jobs per device %d (%s bytes per job, %d free)',
+      logging.info('at most %d jobs per device (%s bytes per job, %d free)',
                    jobs_per_device, per_job, free)
     elif jobs_per_device is None:
       jobs_per_device = 1
-    chunk_size = jobs_per_device * devices
-    todo = chunks(spec, n, chunk_size, store.done)
+    # Each defense compiles its own executable, so each gets its own chunk
+    # size: a defense of 4 jobs is not padded to another's 24.
+    per_device = [_even(k, jobs_per_device) for k in need]
+    todo = chunks(spec, n, [k * devices for k in per_device], store.done)
     total = store.resumed_chunks + len(todo)
     for i, chunk in enumerate(todo):
-      jobs, inputs = inputs_for(chunk, chunk_size)
+      jobs, inputs = inputs_for(chunk, per_device[chunk.defense] * devices)
       if chunk.defense not in compiled:
         start = time.perf_counter()
         compiled[chunk.defense] = jit_fn(chunk.defense).lower(
@@ -577,7 +597,7 @@ def run_sweep(
       if on_chunk is not None:
         on_chunk(store.resumed_chunks + i + 1, total, chunk, seconds)
     return _reduce(spec, n, store, keep, compile_seconds, devices,
-                   jobs_per_device or 0, compiles)
+                   max(per_device), compiles)
   finally:
     store.close()
 

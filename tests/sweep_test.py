@@ -176,8 +176,10 @@ class SweepTest(absltest.TestCase):
     three = sweep.run_sweep(attack, params, x, y, sweep.SweepSpec(
         defenses=(('gaussian', (1e-3,)),), restarts=3), jobs_per_device=6)
     self.assertTrue(np.all(three.distance <= one.distance))
-    np.testing.assert_array_equal(
-        three.distance[three.restart == 0], one.distance[three.restart == 0])
+    # Equal up to float rounding: the two run in chunks of other sizes.
+    np.testing.assert_allclose(
+        three.distance[three.restart == 0], one.distance[three.restart == 0],
+        rtol=1e-6)
     self.assertTrue(np.all(three.restart >= 0) and np.all(three.restart < 3))
 
   def test_defense_aware_attacker_is_part_of_the_spec(self):
