@@ -37,30 +37,31 @@ Measured (2-core shared CPU, seed 0, images 0-1):
   and its PSNR falls with more steps (13.7 dB at 300, 9.3 at 1500), as the
   dummy image fits the noise.
 
-Why variance 1e-4 fails (see the README for the scripts; images
-0-1): the attack ends at a LOWER distance than the true image (8.18 against
-8.50 = n * 1e-4, n = 85,036 gradient entries; the drop, 0.32, is the noise
-energy in the image's 3,072 dimensions), so it is an identifiability
-problem, not an optimisation one. The Jacobian of the gradient in the image
-has J^T J eigenvalues from 6e-6 to 270 (median 0.008 to 0.015), and its
-weakest directions are smooth ones, which TV does not constrain; the
-linearised least-squares estimate has an expected PSNR of 4.3 and 8.0 dB,
-and even the Bayes estimate with a stationary Gaussian image prior fitted on
-images 2-19 only 26.6 and 27.7 dB; started at the true image, the attack
-drifts to 9.7 and 10.5 dB (no prior) or 27.2 and 26.2 dB (TV weight 3). A
-TV prior from a random start reaches about that bound too (1500
-steps, mean of 2 images; weight: noiseless / float16 / gaussian 1e-4 /
-laplacian 1e-4 / gaussian 1e-3 / gaussian 1e-1 / prune_layer 0.5 / 0.7):
-0.3: 34.1/34.1/19.6/19.5/8.2/5.5/10.3/6.9; 1: 31.0/31.0/24.6/24.6/10.9/
-5.5/13.7/8.0; 3: 28.0/28.0/26.0/26.2/15.9/5.6/17.3/9.7 dB. No fixed weight
-gives 30 dB at 1e-4 while keeping the noiseless attack >= 30 dB and
-prune_layer 0.5 < 15 dB, so the attack here stays the paper's (no prior).
-Stopping at the expected noise energy (`Target.tolerance = n * variance`)
-gives 14.8 dB at 1e-4. The defense-aware attacker (`attack.aware_target`:
-TV weight 3e4 x variance for noise, surviving coordinates only for
-pruning), 1500 steps, plain -> aware: gaussian 1e-4 9.2 -> 26.0, laplacian
-1e-4 9.6 -> 26.2, gaussian 1e-3 6.2 -> 21.5, gaussian 1e-1 5.4 -> 13.3,
-prune_layer 0.5 6.8 -> 20.0, 0.7 5.9 -> 16.3 dB.
+Why variance 1e-4 fails (README, Defenses; `python -m
+experiments.noise_bound` for the bound; images 0-1): the attack ends at a
+LOWER distance than the true image (8.18 against 8.50 = n * 1e-4, n = 85,036
+gradient entries; the drop, 0.32, is the noise energy in the image's 3,072
+dimensions), so it is an identifiability problem, not an optimisation one.
+The Jacobian of the gradient in the image has J^T J eigenvalues from 6e-6 to
+270 (median 0.008 to 0.015), and its weakest directions are smooth ones,
+which TV does not constrain; the linearised least-squares estimate has an
+expected PSNR of 4.3 and 8.0 dB, and even the Bayes estimate with a
+stationary Gaussian image prior fitted on images 2-19 only 26.6 and 27.7 dB;
+started at the true image, the attack drifts to 9.7 and 10.5 dB (no prior)
+or 27.2 and 26.2 dB (TV weight 3). A TV prior from a random start reaches
+about that bound too (1500 steps, mean of 2 images; weight: noiseless /
+float16 / gaussian 1e-4 / laplacian 1e-4 / gaussian 1e-3 / gaussian 1e-1 /
+prune_layer 0.5 / 0.7): 0.3: 34.1/34.1/19.6/19.5/8.2/5.5/10.3/6.9; 1:
+31.0/31.0/24.6/24.6/10.9/5.5/13.7/8.0; 3:
+28.0/28.0/26.0/26.2/15.9/5.6/17.3/9.7 dB. No fixed weight gives 30 dB at
+1e-4 while keeping the noiseless attack >= 30 dB and prune_layer 0.5 < 15
+dB, so the attack here stays the paper's (no prior). Stopping at the
+expected noise energy (`Target.tolerance = n * variance`) gives 14.8 dB at
+1e-4. The defense-aware attacker (`attack.aware_target`: TV weight 3e4 x
+variance for noise, surviving coordinates only for pruning), 1500 steps,
+plain -> aware: gaussian 1e-4 9.2 -> 26.0, laplacian 1e-4 9.6 -> 26.2,
+gaussian 1e-3 6.2 -> 21.5, gaussian 1e-1 5.4 -> 13.3, prune_layer 0.5 6.8 ->
+20.0, 0.7 5.9 -> 16.3 dB.
 """
 
 import ml_collections
