@@ -36,6 +36,28 @@ found; at TV 0.005, 5.1e-4 against 3.64e-4. The objective's minimum is not
 the batch, so restarts and more steps (earlier: 6000 to 12000 steps, 4 and 5
 of 8) cannot reach it; a better image prior, or fewer unknowns, would have to.
 
+Annealing the TV weight (`config.attack.tv_final_weight`, cosine from
+`tv_weight`; `tv_stages` holds it over equal stages) does not get there
+either; same images and setting, per image 0-7 in dB:
+  0.01 -> 0.001, every step: 3/8 (mean 25.5) 22.6 25.5 24.4 23.2 32.7 24.6
+    26.8 23.8; image 0 drifts into a mixture as the weight falls.
+  0.05 -> 0.005, every step: 4/8 (25.9) 26.8 25.3 24.5 22.9 32.8 25.0 26.4
+    23.6 (image 5 at 24.98).
+  0.01 -> 0 by step 3000 (`tv_decay_steps=3000`), then 3000 steps without
+    the prior: 0/8 (21.1) 14.4 22.4 21.1 20.7 24.0 20.8 23.6 21.6.
+  0.03 -> 0.003 in 4 stages (`tv_stages=4`): 5/8 (26.0) 26.8 25.5 24.6 23.0
+    32.9 25.05 26.6 23.7; images 8-15 (`--config.data.count=16`): 5/8, 32.0
+    26.2 29.0 24.8 24.1 27.0 23.9 29.3; 10/16 and mean 26.5 against 9/16
+    and 26.2 at constant 0.01.
+  0.05 -> 0.005 in 4 stages: 4/8 (25.9) 26.7 25.3 24.5 22.8 32.8 24.9 26.4
+    23.5.
+  0.03 -> 0.003 in 4 stages over 12000 steps: 3/8 (25.5) 26.1 24.9 24.1 22.4
+    32.5 24.4 26.0 23.2.
+Every label was right. Images 2, 3 and 7 stay at 22.4-24.6 dB under every
+schedule: their reconstructions have the right layout and colours but lose
+fine detail, which the gradient does not pin down (a weak or no prior fills
+it with noise, not with the original's detail). The default stays constant.
+
 Larger batches (6000 steps unless said; labels counted):
   B = 16, CIFAR-100 images 0-15: 3/16 at >= 25 dB, mean 23.7, 18.4 to 30.3,
     labels 16/16 (`--config.data.batch_size=16`).

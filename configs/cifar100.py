@@ -49,6 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.label_method = 'auto'
   config.attack.distance = 'l2'           # l2 (DLG), cosine (Geiping et al.)
   config.attack.tv_weight = 0.0
+  # Annealing of the TV weight (dlg_jax.attack.tv_weight_at): a cosine from
+  # tv_weight to tv_final_weight over tv_decay_steps (0: num_steps), in
+  # tv_stages constant stages (0: every step). tv_final_weight < 0 keeps
+  # the weight at tv_weight (a ConfigDict field cannot be None and float).
+  config.attack.tv_final_weight = -1.0
+  config.attack.tv_decay_steps = 0
+  config.attack.tv_stages = 0
   config.attack.optimizer = 'lbfgs'       # lbfgs, lbfgs_linesearch, adam
   config.attack.learning_rate = 0.1       # adam only
   config.attack.memory_size = 100

@@ -60,7 +60,17 @@ class Attack:
       `labels.LABEL_METHODS` or 'auto': 'idlg' (exact) for batch 1, 'count'
       (repeated labels too; see `labels.label_counts`) for larger batches.
     distance: gradient distance, 'l2' (DLG) or 'cosine' (Geiping et al.).
-    tv_weight: weight of the total-variation prior.
+    tv_weight: weight of the total-variation prior (at step 0 when
+      `tv_final_weight` is set).
+    tv_final_weight: None keeps the prior's weight at `tv_weight`; a value
+      anneals it from `tv_weight` to this weight by a cosine over
+      `tv_decay_steps` steps (see `tv_weight_at`). A strong prior early
+      keeps a batch's reconstructions from settling as mixtures of its
+      images; a weaker one late biases the final point less.
+    tv_decay_steps: length of the annealing; 0 is `num_steps`.
+    tv_stages: 0 anneals every step; k >= 2 holds the weight constant over
+      k equal stages, the cosine taken at the stage's start, so L-BFGS's
+      accept test and curvature memory see a changed objective k - 1 times.
     layer_weights: optional `((path, weight), ...)` weighting named layers
       of the gradient (paths as 'Dense_0' or 'Conv_1/kernel'); others weigh 1.
     optimizer: a name from `optim.OPTIMIZERS`.
@@ -92,6 +102,9 @@ class Attack:
   label_mode: str = 'analytic'
   distance: str = 'l2'
   tv_weight: float = 0.0
+  tv_final_weight: float | None = None
+  tv_decay_steps: int = 0
+  tv_stages: int = 0
   layer_weights: tuple[tuple[str, float], ...] = ()
   optimizer: str = 'lbfgs'
   learning_rate: float = 0.1
@@ -148,6 +161,17 @@ class Attack:
                        f'{list(optim.OPTIMIZERS)}.')
     if self.num_steps < 1:
       raise ValueError(f'num_steps must be >= 1, got {self.num_steps}.')
+    if self.tv_weight < 0:
+      raise ValueError(f'tv_weight must be >= 0, got {self.tv_weight}.')
+    if self.tv_final_weight is not None and self.tv_final_weight < 0:
+      raise ValueError('tv_final_weight must be >= 0 or None (constant), got '
+                       f'{self.tv_final_weight}.')
+    if self.tv_decay_steps < 0:
+      raise ValueError(
+          f'tv_decay_steps must be >= 0, got {self.tv_decay_steps}.')
+    if self.tv_stages < 0 or self.tv_stages == 1:
+      raise ValueError(
+          f'tv_stages must be 0 (every step) or >= 2, got {self.tv_stages}.')
 
   @property
   def method(self) -> str:
@@ -196,7 +220,8 @@ class Target(NamedTuple):
   * `tolerance`: a scalar distance replacing `Attack.tol`'s. A job whose
     objective falls to it stops for good (the discrepancy principle: below
     the expected noise energy, further steps fit the noise).
-  * `tv_weight`: a scalar replacing `Attack.tv_weight`.
+  * `tv_weight`: a scalar replacing `Attack.tv_weight`, constant over the
+    run (any `Attack.tv_final_weight` annealing is not applied).
   """
   grads: Any
   labels: jax.Array
@@ -251,9 +276,43 @@ def shared_update(attack: Attack, params: Any, x: ArrayLike,
       local_batch_size=attack.local_batch_size)
 
 
+def tv_weight_at(attack: Attack, step: ArrayLike) -> jax.Array:
+  """The TV prior's weight at optimiser step `step` (traceable).
+
+  `attack.tv_weight` throughout when `attack.tv_final_weight` is None.
+  Otherwise a cosine from `tv_weight` at step 0 to `tv_final_weight` at
+  `tv_decay_steps` (or `num_steps`) and after; with `tv_stages = k` the
+  weight is held over k equal stages, stage i taking the cosine at
+  fraction i / (k - 1), so the first stage is at `tv_weight` and the last
+  at `tv_final_weight`.
+
+  Args:
+    attack: the attack.
+    step: a scalar int step.
+
+  Returns:
+    A float32 scalar.
+  """
+  start = jnp.float32(attack.tv_weight)
+  if attack.tv_final_weight is None:
+    return start
+  horizon = attack.tv_decay_steps or attack.num_steps
+  fraction = jnp.clip(jnp.asarray(step, jnp.float32) / horizon, 0.0, 1.0)
+  if attack.tv_stages:
+    stage = jnp.minimum(jnp.floor(fraction * attack.tv_stages),
+                        attack.tv_stages - 1)
+    fraction = stage / (attack.tv_stages - 1)
+  cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+  return attack.tv_final_weight + (start - attack.tv_final_weight) * cosine
+
+
 def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
-              target: Target) -> jax.Array:
-  """Distance between the dummy data's update and the target, plus priors."""
+              target: Target, step: ArrayLike = 0) -> jax.Array:
+  """Distance between the dummy data's update and the target, plus priors.
+
+  `step` sets the TV weight when it is annealed (`tv_weight_at`); the
+  default, 0, gives `attack.tv_weight`.
+  """
   grads = shared_update(attack, params, variables['x'],
                         dummy_labels(attack, variables, target))
   goal = target.grads
@@ -263,9 +322,12 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
     goal = jax.tree.map(apply, goal, target.mask)
   distance = objectives.get_distance(attack.distance)
   value = distance(grads, goal, _layer_weight_tree(attack, grads))
-  tv_weight = attack.tv_weight if target.tv_weight is None else (
-      target.tv_weight)
-  if target.tv_weight is not None or attack.tv_weight:
+  if target.tv_weight is not None:
+    tv_weight = target.tv_weight
+  else:
+    tv_weight = tv_weight_at(attack, step)
+  if (target.tv_weight is not None or attack.tv_weight
+      or attack.tv_final_weight):
     value += tv_weight * jnp.mean(
         jax.vmap(objectives.total_variation)(variables['x']))
   return value
@@ -342,8 +404,15 @@ def init_state(attack: Attack, key: ArrayLike) -> AttackState:
 
 def attack_step(attack: Attack, params: Any, state: AttackState,
                 target: Target) -> AttackState:
-  """One optimiser step of one job."""
-  fn = lambda v: objective(attack, params, v, target)
+  """One optimiser step of one job.
+
+  With an annealed TV weight, the value, the gradient and `value_fn` all
+  take the weight of `state.step`. L-BFGS then compares a candidate with
+  its last accepted point valued under an earlier weight; a decreasing
+  weight makes that comparison lenient, and its curvature pairs mix the two
+  weights' gradients; `tv_stages` confines both to the k - 1 stage changes.
+  """
+  fn = lambda v: objective(attack, params, v, target, state.step)
   value, grad = jax.value_and_grad(fn)(state.variables)
   improved = jnp.isfinite(value) & (value < state.best_value)
   best = jax.tree.map(lambda a, b: jnp.where(improved, a, b),

@@ -181,7 +181,11 @@ def build(config, ds: data.Dataset):
       label_mode=a.label_mode, label_method=a.label_method,
       local_steps=c.local_steps, local_lr=c.learning_rate,
       local_batch_size=c.local_batch_size, distance=a.distance,
-      tv_weight=a.tv_weight, optimizer=a.optimizer,
+      tv_weight=a.tv_weight,
+      # A negative tv_final_weight (the config's default) keeps it constant.
+      tv_final_weight=(None if a.tv_final_weight < 0 else a.tv_final_weight),
+      tv_decay_steps=a.tv_decay_steps, tv_stages=a.tv_stages,
+      optimizer=a.optimizer,
       learning_rate=a.learning_rate, memory_size=a.memory_size,
       num_steps=a.num_steps, init=a.init, init_scale=a.init_scale, tol=a.tol,
       snapshot_steps=tuple(a.snapshot_steps),

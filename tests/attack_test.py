@@ -373,6 +373,24 @@ class TargetFieldsTest(parameterized.TestCase):
         zero, attack.objective(self.attack, self.params, x, target),
         rtol=1e-6)
 
+  def test_objective_takes_the_step_weight(self):
+    annealed = dataclasses.replace(self.attack, tv_weight=0.5,
+                                   tv_final_weight=0.0)
+    target = attack.make_target(self.attack, self.grads, self.y)
+    x = {'x': jax.random.uniform(jax.random.key(3), self.x.shape)}
+    value = lambda atk, *step: float(
+        attack.objective(atk, self.params, x, target, *step))
+    np.testing.assert_allclose(value(annealed, 100), value(self.attack),
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        value(annealed, 0),
+        value(dataclasses.replace(self.attack, tv_weight=0.5)), rtol=1e-6)
+    # A target's tv_weight replaces the whole schedule.
+    fixed = target._replace(tv_weight=jnp.float32(0.5))
+    np.testing.assert_allclose(
+        attack.objective(annealed, self.params, x, fixed, 100),
+        value(annealed, 0), rtol=1e-6)
+
   def test_target_tolerance_stops_the_job(self):
     run = jax.jit(attack.run_steps, static_argnums=(0, 4))
     start = attack.init_state(self.attack, jax.random.key(4))
@@ -458,6 +476,10 @@ class AttackConfigTest(parameterized.TestCase):
       ('idlg_batch', dict(batch=2, label_method='idlg'), 'idlg.*batch=2'),
       ('num_steps', dict(num_steps=0), 'num_steps'),
       ('batch', dict(batch=0, label_mode='joint'), 'batch'),
+      ('tv_weight', dict(tv_weight=-0.1), 'tv_weight'),
+      ('tv_final_weight', dict(tv_final_weight=-0.1), 'tv_final_weight'),
+      ('tv_decay_steps', dict(tv_decay_steps=-1), 'tv_decay_steps'),
+      ('tv_stages', dict(tv_stages=1), 'tv_stages'),
   )
   def test_bad_argument_raises(self, kwargs, message):
     with self.assertRaisesRegex(ValueError, message):
@@ -477,6 +499,36 @@ class AttackConfigTest(parameterized.TestCase):
     # Equal and hashed alike, so jit's static-argument cache hits.
     self.assertEqual(a, b)
     self.assertEqual(hash(a), hash(b))
+
+  def _weights(self, steps, **kwargs):
+    atk = attack.Attack(apply_fn=lambda p, x: x, image_shape=(8, 8, 1),
+                        num_classes=4, num_steps=100, **kwargs)
+    weight = jax.jit(jax.vmap(lambda s: attack.tv_weight_at(atk, s)))
+    return np.asarray(weight(jnp.asarray(steps)))
+
+  def test_tv_weight_constant_when_unset(self):
+    np.testing.assert_allclose(
+        self._weights([0, 37, 99, 500], tv_weight=0.01), 0.01, rtol=1e-6)
+
+  def test_tv_weight_anneals_by_cosine(self):
+    got = self._weights([0, 50, 100, 500], tv_weight=0.03,
+                        tv_final_weight=0.001)
+    np.testing.assert_allclose(got, [0.03, 0.0155, 0.001, 0.001], rtol=1e-5)
+    self.assertTrue(np.all(np.diff(self._weights(
+        np.arange(101), tv_weight=0.03, tv_final_weight=0.0)) <= 0))
+    # tv_decay_steps ends the annealing before num_steps.
+    np.testing.assert_allclose(
+        self._weights([0, 20, 40, 99], tv_weight=0.02, tv_final_weight=0.0,
+                      tv_decay_steps=40),
+        [0.02, 0.01, 0.0, 0.0], atol=1e-8)
+
+  def test_tv_weight_stages(self):
+    # Three stages of 100 / 3 steps: the start weight, the midpoint, the
+    # final weight.
+    got = self._weights([0, 33, 34, 66, 67, 99, 300], tv_weight=0.02,
+                        tv_final_weight=0.0, tv_stages=3)
+    np.testing.assert_allclose(got, [0.02, 0.02, 0.01, 0.01, 0.0, 0.0, 0.0],
+                               atol=1e-8)
 
   def test_bucket(self):
     self.assertEqual([attack._bucket(n) for n in range(1, 18)],
