@@ -62,6 +62,7 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from dlg_jax import attack as attack_lib
+from dlg_jax import objectives
 
 
 def _check_variance(variance: ArrayLike) -> jax.Array:
@@ -181,7 +182,7 @@ def least_squares_mse(eigenvalues: ArrayLike, variance: ArrayLike, *,
 
 def _sqrtm_psd(a: jax.Array) -> jax.Array:
   w, v = jnp.linalg.eigh(a)
-  return (v * jnp.sqrt(jnp.maximum(w, 0.0))) @ v.T
+  return (v * jnp.sqrt(jnp.maximum(w, 0.0))[None, :]) @ v.T
 
 
 def bayes_mse(gram: ArrayLike, prior_cov: ArrayLike,
@@ -221,6 +222,9 @@ def bayes_mse(gram: ArrayLike, prior_cov: ArrayLike,
   # The prior variance along each eigenvector of S J^T J S.
   c = jnp.sum(w * (prior_cov @ w), axis=0)
   v = variance[..., None]
+  # Explicit ranks: variance [k] against the d eigen-directions.
+  lead = (1,) * (v.ndim - 1)
+  a, c = a.reshape(lead + a.shape), c.reshape(lead + c.shape)
   # c / (1 + a / v), written so that variance 0 gives 0 where a > 0.
   shrink = jnp.where(a > 0, v / (v + a), 1.0)
   return jnp.sum(c * shrink, axis=-1) / gram.shape[0]
@@ -246,24 +250,10 @@ def stationary_prior_covariance(images: ArrayLike) -> jax.Array:
     `image.ravel()` order, in the images' float dtype.
   """
   images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[0] < 1:
-    raise ValueError('images must be [n, h, w, c] with n >= 1, got shape '
-                     f'{images.shape}.')
-  if not jnp.issubdtype(images.dtype, jnp.floating):
+  if images.ndim == 4 and not jnp.issubdtype(images.dtype, jnp.floating):
     images = images.astype(jnp.float32)
-  n, h, w, c = images.shape
-  centred = images - jnp.mean(images, axis=(0, 1, 2))
-  f = jnp.fft.fft2(centred, axes=(1, 2))
-  power = jnp.einsum('nijc,nijd->ijcd', f, f.conj()) / (n * h * w)
-  ky = jnp.fft.fftfreq(h) * h
-  kx = jnp.fft.fftfreq(w) * w
-  ring = jnp.round(jnp.hypot(ky[:, None], kx[None, :])).astype(jnp.int32)
-  num_rings = int(math.ceil(math.hypot(h / 2, w / 2))) + 1
-  sums = jax.ops.segment_sum(power.reshape(h * w, c, c), ring.ravel(),
-                             num_segments=num_rings)
-  counts = jax.ops.segment_sum(jnp.ones(h * w), ring.ravel(),
-                               num_segments=num_rings)
-  smooth = (sums / jnp.maximum(counts, 1)[:, None, None])[ring]
+  _, smooth = objectives.ring_spectrum(images)
+  _, h, w, c = images.shape
   # The covariance at each offset; real because every ring is symmetric.
   kernel = jnp.real(jnp.fft.ifft2(smooth, axes=(0, 1))).astype(images.dtype)
   i, j = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij')

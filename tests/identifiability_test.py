@@ -17,6 +17,9 @@ _SHAPE = (4, 4, 2)
 _CLASSES = 5
 
 
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
 def setUpModule():
   jax.config.update('jax_disable_most_optimizations', True)
 
@@ -34,8 +37,8 @@ def _tiny_mlp():
 
   def apply_fn(p, x):
     h = x.reshape(x.shape[0], -1)
-    h = jax.nn.sigmoid(h @ p['hidden'][:-1] + p['hidden'][-1])
-    return h @ p['out'][:-1] + p['out'][-1]
+    h = jax.nn.sigmoid(h @ p['hidden'][:-1] + p['hidden'][-1:])
+    return h @ p['out'][:-1] + p['out'][-1:]
 
   attack = attack_lib.Attack(apply_fn=apply_fn, image_shape=_SHAPE,
                              num_classes=_CLASSES)
