@@ -56,6 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.tv_final_weight = -1.0
   config.attack.tv_decay_steps = 0
   config.attack.tv_stages = 0
+  # A stationary Gaussian image prior (dlg_jax.objectives.fit_gaussian_prior),
+  # weight * 0.5 (x - mean)^T Sigma^-1 (x - mean) per image; 0 is off. Fitted
+  # on prior_images: 'unattacked' (the images after the first data.count, or
+  # all when none are left) or indices such as '0-7,16-19'. prior_floor
+  # regularises its spectrum (relative to the pixel variance).
+  config.attack.prior_weight = 0.0
+  config.attack.prior_images = 'unattacked'
+  config.attack.prior_floor = 1e-3
   config.attack.optimizer = 'lbfgs'       # lbfgs, lbfgs_linesearch, adam
   config.attack.learning_rate = 0.1       # adam only
   config.attack.memory_size = 100

@@ -71,6 +71,9 @@ class Attack:
     tv_stages: 0 anneals every step; k >= 2 holds the weight constant over
       k equal stages, the cosine taken at the stage's start, so L-BFGS's
       accept test and curvature memory see a changed objective k - 1 times.
+    prior_weight: weight of a stationary Gaussian image prior
+      (`objectives.gaussian_prior_penalty`, mean over the batch); its
+      arrays come in `Target.prior`, which must be set when this is > 0.
     layer_weights: optional `((path, weight), ...)` weighting named layers
       of the gradient (paths as 'Dense_0' or 'Conv_1/kernel'); others weigh 1.
     optimizer: a name from `optim.OPTIMIZERS`.
@@ -105,6 +108,7 @@ class Attack:
   tv_final_weight: float | None = None
   tv_decay_steps: int = 0
   tv_stages: int = 0
+  prior_weight: float = 0.0
   layer_weights: tuple[tuple[str, float], ...] = ()
   optimizer: str = 'lbfgs'
   learning_rate: float = 0.1
@@ -166,6 +170,8 @@ class Attack:
     if self.tv_final_weight is not None and self.tv_final_weight < 0:
       raise ValueError('tv_final_weight must be >= 0 or None (constant), got '
                        f'{self.tv_final_weight}.')
+    if self.prior_weight < 0:
+      raise ValueError(f'prior_weight must be >= 0, got {self.prior_weight}.')
     if self.tv_decay_steps < 0:
       raise ValueError(
           f'tv_decay_steps must be >= 0, got {self.tv_decay_steps}.')
@@ -211,6 +217,9 @@ class Target(NamedTuple):
   one (known) or unused (joint). `ground_truth` `[batch, h, w, c]` is only
   used to record when the reconstruction first passes `success_psnr`.
 
+  `prior` is the `objectives.GaussianPrior` that `Attack.prior_weight`
+  weighs (fitted on images other than the attacked ones); None without one.
+
   The last three fields are what an attacker who knows the defense adds
   (see `aware_target`); None leaves the attack as `Attack` describes it:
 
@@ -229,6 +238,7 @@ class Target(NamedTuple):
   mask: Any = None
   tolerance: jax.Array | None = None
   tv_weight: jax.Array | None = None
+  prior: objectives.GaussianPrior | None = None
 
 
 def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
@@ -330,6 +340,13 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
       or attack.tv_final_weight):
     value += tv_weight * jnp.mean(
         jax.vmap(objectives.total_variation)(variables['x']))
+  if attack.prior_weight:
+    if target.prior is None:
+      raise ValueError('Attack.prior_weight > 0 needs a Target.prior; pass '
+                       'prior= to make_target or reconstruct.')
+    value += attack.prior_weight * jnp.mean(jax.vmap(
+        lambda x: objectives.gaussian_prior_penalty(target.prior, x))(
+            variables['x']))
   return value
 
 
@@ -454,7 +471,8 @@ def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
 
 def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
                 ground_truth: ArrayLike | None = None, *,
-                params: Any | None = None) -> Target:
+                params: Any | None = None,
+                prior: objectives.GaussianPrior | None = None) -> Target:
   """The attacker's view of one shared gradient (or FedAvg update).
 
   Args:
@@ -464,6 +482,7 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
     ground_truth: optional `[batch, h, w, c]`, for success-step bookkeeping.
     params: the shared model's parameters; the 'count' label method needs
       them.
+    prior: the image prior that `attack.prior_weight` weighs, if any.
 
   Returns:
     A `Target`. Analytic labels come sorted by class, not in batch order.
@@ -485,7 +504,8 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
   if ground_truth is None:
     # A NaN reference never counts as a success.
     ground_truth = jnp.full((attack.batch, *attack.image_shape), jnp.nan)
-  return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32))
+  return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32),
+                prior=prior)
 
 
 # The TV weight per unit of noise variance of `aware_target`: 3 at variance
@@ -618,6 +638,7 @@ def reconstruct(
     chunk_size: int = 250,
     max_parallel: int | None = None,
     log_every_seconds: float = 10.0,
+    prior: objectives.GaussianPrior | None = None,
 ) -> Result:
   """Runs the attack on many targets at once and keeps the best restart.
 
@@ -639,6 +660,8 @@ def reconstruct(
     chunk_size: steps per compiled chunk.
     max_parallel: most jobs run at once (memory bound); None runs all.
     log_every_seconds: progress logging interval.
+    prior: the image prior `attack.prior_weight` weighs, shared by every
+      target.
 
   Returns:
     A `Result`.
@@ -650,8 +673,9 @@ def reconstruct(
         n, attack.batch, *attack.image_shape)
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}.')
+  # The prior is closed over, so vmap copies it to every target.
   targets = jax.vmap(lambda g, y, gt: make_target(attack, g, y, gt,
-                                                 params=params),
+                                                 params=params, prior=prior),
                      in_axes=(0, 0, None if ground_truth is None else 0))(
                          grads, true_labels, ground_truth)
   num_jobs = n * restarts

@@ -5,7 +5,8 @@ All functions act on ONE reconstruction; `jax.vmap` batches them from outside.
 of scalars with the structure of the gradients (per-layer weights).
 """
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,112 @@ def total_variation(x: ArrayLike) -> jax.Array:
   dy = jnp.mean(jnp.abs(x[1:] - x[:-1]))
   dx = jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1]))
   return dx + dy
+
+
+class GaussianPrior(NamedTuple):
+  """A stationary Gaussian image prior, diagonal in the 2-D DFT.
+
+  Attributes:
+    mean: `[c]` per-channel mean; the prior's mean image is this constant
+      colour.
+    precision: `[h, w, c, c]` real symmetric inverse of the colour
+      cross-spectrum at each DFT frequency (regularised).
+  """
+  mean: jax.Array
+  precision: jax.Array
+
+
+def ring_spectrum(images: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """The stationary, isotropic colour statistics of `[n, h, w, c]` images.
+
+  Per-channel means are removed; the `c x c` colour cross-spectrum of each
+  DFT frequency is averaged over the images and then over rings of equal
+  integer radial frequency `round(|f|)` (`f` in cycles per image), so a few
+  images fit it. Both `fit_gaussian_prior` (the attack's prior) and
+  `identifiability.stationary_prior_covariance` (the bound's) use it.
+
+  Args:
+    images: `[n, h, w, c]`, n >= 1; integer images are cast to float32.
+
+  Returns:
+    `(mean [c], spectrum [h, w, c, c])`, the spectrum complex, Hermitian per
+    frequency and real up to rounding (every ring holds k and -k).
+
+  Raises:
+    ValueError: images not `[n, h, w, c]` with n >= 1.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 4 or images.shape[0] < 1:
+    raise ValueError('images must be [n, h, w, c] with n >= 1, got shape '
+                     f'{images.shape}.')
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    images = images.astype(jnp.float32)
+  n, h, w, c = images.shape
+  mean = jnp.mean(images, axis=(0, 1, 2))
+  f = jnp.fft.fft2(images - mean.reshape(1, 1, 1, c), axes=(1, 2))
+  power = jnp.einsum('nijc,nijd->ijcd', f, f.conj()) / (n * h * w)
+  ky = jnp.fft.fftfreq(h) * h
+  kx = jnp.fft.fftfreq(w) * w
+  ring = jnp.round(jnp.hypot(ky[:, None], kx[None, :])).astype(jnp.int32)
+  num_rings = int(math.ceil(math.hypot(h / 2, w / 2))) + 1
+  sums = jax.ops.segment_sum(power.reshape(h * w, c, c), ring.ravel(),
+                             num_segments=num_rings)
+  counts = jax.ops.segment_sum(jnp.ones(h * w), ring.ravel(),
+                               num_segments=num_rings)
+  return mean, (sums / jnp.maximum(counts, 1)[:, None, None])[ring]
+
+
+def fit_gaussian_prior(images: ArrayLike, *,
+                       floor: float = 1e-3) -> GaussianPrior:
+  """Fits a stationary, isotropic Gaussian prior on `[n, h, w, c]` images.
+
+  As `identifiability.stationary_prior_covariance`: per-channel means are
+  removed, the `c x c` colour cross-spectrum is averaged over the images and
+  then over rings of equal integer radial frequency (so a few images fit
+  it), and the covariance is the circulant one with that spectrum. A
+  circulant covariance is diagonal in the DFT, so its inverse is stored as
+  one `c x c` precision per frequency, and `gaussian_prior_penalty` costs
+  one FFT. `floor` times the mean per-channel pixel variance is added to
+  every spectrum's diagonal: high frequencies have almost no power in
+  natural images, and an unregularised precision there would be huge.
+
+  Args:
+    images: `[n, h, w, c]`, n >= 1, values in [0, 1].
+    floor: the relative regulariser, > 0.
+
+  Returns:
+    A `GaussianPrior` in float32.
+  """
+  if not floor > 0:
+    raise ValueError(f'floor must be > 0, got {floor}.')
+  mean, spectrum = ring_spectrum(jnp.asarray(images, jnp.float32))
+  c = spectrum.shape[-1]
+  spectrum = jnp.real(spectrum)
+  spectrum = (spectrum + jnp.swapaxes(spectrum, -1, -2)) / 2
+  # The mean over frequencies of the diagonal is the pixel variance.
+  variance = jnp.mean(jnp.trace(spectrum, axis1=-2, axis2=-1)) / c
+  spectrum = spectrum + floor * variance * jnp.eye(c)[None, None]
+  precision = jnp.linalg.inv(spectrum)
+  return GaussianPrior(mean, (precision + jnp.swapaxes(precision, -1, -2)) / 2)
+
+
+def gaussian_prior_penalty(prior: GaussianPrior, x: ArrayLike) -> jax.Array:
+  """`0.5 (x - mean)^T Sigma^-1 (x - mean)` of one `[h, w, c]` image.
+
+  The negative log-density of `prior` up to a constant, computed in the DFT:
+  `sum_k F_k^H P_k F_k / (2 h w)` with `F = fft2(x - mean)` and `P_k` the
+  precision at frequency k.
+  """
+  x = jnp.asarray(x)
+  if x.ndim != 3 or x.shape + x.shape[-1:] != prior.precision.shape:
+    raise ValueError(f'gaussian_prior_penalty takes one [h, w, c] image '
+                     f'shaped as the prior, {prior.precision.shape[:3]}; got '
+                     f'{x.shape}.')
+  h, w, _ = x.shape
+  f = jnp.fft.fft2(x - prior.mean[None, None], axes=(0, 1))
+  quad = jnp.einsum('ijc,ijcd,ijd->', f.conj(),
+                    prior.precision.astype(f.dtype), f)
+  return 0.5 * jnp.real(quad) / (h * w)
 
 
 DISTANCES = {'l2': l2_distance, 'cosine': cosine_distance}

@@ -33,6 +33,7 @@ from dlg_jax import data
 from dlg_jax import figures
 from dlg_jax import matching
 from dlg_jax import models
+from dlg_jax import objectives
 from dlg_jax import train
 
 
@@ -78,6 +79,46 @@ def load_data(config) -> data.Dataset:
                   npz=cfg.npz, count=None)
   return _under('config.data.source', data.load_dataset, cfg.source,
                 data_dir=cfg.data_dir or None, split=cfg.split, count=None)
+
+
+def _prior_indices(spec: str, count: int, n: int) -> list[int]:
+  """The images `config.attack.prior_images` names, as sorted indices."""
+  if spec == 'unattacked':
+    # As pretraining: the images not attacked, or all when none are left.
+    return list(range(count, n)) if count < n else list(range(n))
+  indices = set()
+  try:
+    for part in spec.split(','):
+      lo, _, hi = part.strip().partition('-')
+      indices.update(range(int(lo), int(hi or lo) + 1))
+  except ValueError:
+    raise ValueError(f'config.attack.prior_images must be "unattacked" or '
+                     f'indices such as "0-7,16-19", got {spec!r}.') from None
+  if not indices or min(indices) < 0 or max(indices) >= n:
+    raise ValueError(f'config.attack.prior_images {spec!r} must name images '
+                     f'in [0, {n}).')
+  if set(range(count)) & indices:
+    logging.warning('config.attack.prior_images %r includes attacked images '
+                    '(the first %d): the prior has seen them.', spec, count)
+  return sorted(indices)
+
+
+def fit_prior(config, ds: data.Dataset) -> objectives.GaussianPrior | None:
+  """The Gaussian image prior of `config.attack`, fitted on `ds` (all images).
+
+  None when `config.attack.prior_weight` is 0.
+  """
+  a = config.attack
+  if a.prior_weight < 0:
+    raise ValueError(
+        f'config.attack.prior_weight must be >= 0, got {a.prior_weight}.')
+  if not a.prior_weight:
+    return None
+  indices = _prior_indices(a.prior_images, config.data.count, len(ds.x))
+  logging.info('Gaussian image prior (weight %g) fitted on images %s',
+               a.prior_weight, indices)
+  return _under('config.attack.prior_floor', objectives.fit_gaussian_prior,
+                ds.x[indices], floor=a.prior_floor)
 
 
 def build(config, ds: data.Dataset):
@@ -185,7 +226,7 @@ def build(config, ds: data.Dataset):
       # A negative tv_final_weight (the config's default) keeps it constant.
       tv_final_weight=(None if a.tv_final_weight < 0 else a.tv_final_weight),
       tv_decay_steps=a.tv_decay_steps, tv_stages=a.tv_stages,
-      optimizer=a.optimizer,
+      prior_weight=a.prior_weight, optimizer=a.optimizer,
       learning_rate=a.learning_rate, memory_size=a.memory_size,
       num_steps=a.num_steps, init=a.init, init_scale=a.init_scale, tol=a.tol,
       snapshot_steps=tuple(a.snapshot_steps),
@@ -200,7 +241,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     The content of `results.json`.
   """
   check_workdir(workdir)
-  ds, params, attack = build(config, load_data(config))
+  full = load_data(config)
+  ds, params, attack = build(config, full)
+  prior = fit_prior(config, full)
   figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
   batch = attack.batch
   num_targets = len(ds.x) // batch
@@ -223,7 +266,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       attack, params, grads, y, jax.random.PRNGKey(config.seed),
       restarts=config.attack.restarts, ground_truth=x,
       chunk_size=config.attack.chunk_size,
-      max_parallel=config.attack.max_parallel or None)
+      max_parallel=config.attack.max_parallel or None, prior=prior)
 
   records = []
   perms = []

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
 
+from dlg_jax import identifiability
 from dlg_jax import objectives
 
 # Silent broadcasting between arrays of different rank fails loudly here.
@@ -188,6 +189,76 @@ class TotalVariationTest(parameterized.TestCase):
     np.testing.assert_allclose(
         jax.vmap(objectives.total_variation)(xs),
         jnp.stack([objectives.total_variation(x) for x in xs]), rtol=1e-6)
+
+
+class GaussianPriorTest(parameterized.TestCase):
+
+  def _images(self, n=5, h=4, w=4, c=3):
+    # Smooth-ish colour images: correlated channels, so the 3x3 spectra
+    # are not diagonal.
+    base = jax.random.uniform(jax.random.key(0), (n, h, w, 1))
+    noise = jax.random.uniform(jax.random.key(1), (n, h, w, c))
+    return 0.7 * base + 0.3 * noise
+
+  def test_zero_at_mean(self):
+    prior = objectives.fit_gaussian_prior(self._images())
+    mean_image = jnp.broadcast_to(prior.mean, (4, 4, 3))
+    self.assertAlmostEqual(
+        float(objectives.gaussian_prior_penalty(prior, mean_image)), 0.0,
+        places=6)
+
+  def test_grows_with_distance(self):
+    prior = objectives.fit_gaussian_prior(self._images())
+    d = jax.random.normal(jax.random.key(2), (4, 4, 3))
+    x = lambda t: jnp.broadcast_to(prior.mean, (4, 4, 3)) + t * d
+    values = [float(objectives.gaussian_prior_penalty(prior, x(t)))
+              for t in (0.5, 1.0, 2.0)]
+    # A quadratic form: 4x the value at twice the distance.
+    self.assertLess(values[0], values[1])
+    np.testing.assert_allclose(values[2], 4 * values[1], rtol=1e-4)
+    np.testing.assert_allclose(values[1], 4 * values[0], rtol=1e-4)
+
+  @parameterized.parameters(1e-3, 1e-1)
+  def test_matches_dense_formula(self, floor):
+    images = self._images()
+    prior = objectives.fit_gaussian_prior(images, floor=floor)
+    cov = np.asarray(identifiability.stationary_prior_covariance(images),
+                     np.float64)
+    d = cov.shape[0]
+    # The floor adds floor x pixel variance to every frequency's spectrum,
+    # the identity in the DFT basis and so in pixel space.
+    cov += floor * np.trace(cov) / d * np.eye(d)
+    x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 4, 3)))
+    r = (x - np.asarray(prior.mean)).ravel().astype(np.float64)
+    dense = 0.5 * r @ np.linalg.solve(cov, r)
+    np.testing.assert_allclose(
+        float(objectives.gaussian_prior_penalty(prior, x)), dense, rtol=2e-3)
+
+  def test_jit_and_grad(self):
+    prior = objectives.fit_gaussian_prior(self._images())
+    x = self._images(n=1)[0]
+    np.testing.assert_allclose(
+        jax.jit(objectives.gaussian_prior_penalty)(prior, x),
+        objectives.gaussian_prior_penalty(prior, x), rtol=1e-5)
+    check_grads(lambda v: objectives.gaussian_prior_penalty(prior, v), (x,),
+                order=1, modes=('rev',), atol=1e-2, rtol=1e-2)
+
+  @parameterized.named_parameters(
+      ('rank', (4, 4, 3)), ('empty', (0, 4, 4, 3)))
+  def test_bad_images_raise(self, shape):
+    with self.assertRaisesRegex(ValueError, 'images'):
+      objectives.fit_gaussian_prior(jnp.zeros(shape))
+
+  def test_bad_floor_raises(self):
+    with self.assertRaisesRegex(ValueError, 'floor'):
+      objectives.fit_gaussian_prior(self._images(), floor=0.0)
+
+  @parameterized.named_parameters(
+      ('batch', (2, 4, 4, 3)), ('size', (5, 4, 3)), ('channels', (4, 4, 1)))
+  def test_bad_image_raises(self, shape):
+    prior = objectives.fit_gaussian_prior(self._images())
+    with self.assertRaisesRegex(ValueError, 'shaped as the prior'):
+      objectives.gaussian_prior_penalty(prior, jnp.zeros(shape))
 
 
 if __name__ == '__main__':
