@@ -61,6 +61,11 @@ def check_workdir(workdir: str) -> None:
   """Creates `workdir` and checks that it can be written, before any work."""
   if not workdir:
     raise ValueError('--workdir is required.')
+  if '://' in workdir:
+    raise ValueError(
+        f'--workdir {workdir!r} is a URL; outputs are written with local file '
+        'calls, so give a local or mounted directory (e.g. a bucket mounted '
+        'with gcsfuse).')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test.{os.getpid()}')

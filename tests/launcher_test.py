@@ -125,6 +125,11 @@ class BadInputTest(parameterized.TestCase):
       attack_launcher.run(cifar100_config.get_config('quick'),
                           os.path.join(blocker, 'out'))
 
+  def test_url_workdir_is_refused_not_made_locally(self):
+    with self.assertRaisesRegex(ValueError, '--workdir .*is a URL'):
+      attack_launcher.check_workdir('gs://bucket/run')
+    self.assertFalse(os.path.exists('gs:'))
+
 
 if __name__ == '__main__':
   absltest.main()
