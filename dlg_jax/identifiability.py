@@ -52,7 +52,6 @@ References:
 """
 
 from collections.abc import Sequence
-import math
 from typing import Any
 
 import jax

@@ -32,16 +32,6 @@ import scipy.optimize
 from dlg_jax import metrics
 
 
-def _check(x: ArrayLike, ref: ArrayLike) -> tuple[jax.Array, jax.Array]:
-  x = jnp.asarray(x, jnp.float32)
-  ref = jnp.asarray(ref, jnp.float32)
-  if x.ndim != 4 or x.shape != ref.shape:
-    raise ValueError(
-        'x and ref must be batches of the same shape [batch, h, w, c], got '
-        f'{x.shape} and {ref.shape}.')
-  return x, ref
-
-
 def psnr_matrix(x: ArrayLike, ref: ArrayLike) -> jax.Array:
   """PSNR of every reconstruction against every original.
 
@@ -53,7 +43,7 @@ def psnr_matrix(x: ArrayLike, ref: ArrayLike) -> jax.Array:
     float32 `[batch, batch]`, entry `[j, i]` the PSNR of `x[j]` against
     `ref[i]`.
   """
-  x, ref = _check(x, ref)
+  x, ref = metrics.image_pair(x, ref, batched=True)
   x = jnp.clip(x, 0.0, 1.0)
   return jax.vmap(lambda a: jax.vmap(lambda b: metrics.psnr(a, b))(ref))(x)
 
@@ -110,7 +100,7 @@ def matched_metrics(x: ArrayLike, ref: ArrayLike, labels: ArrayLike,
   Returns:
     A `Matched`, indexed by original.
   """
-  x, ref = _check(x, ref)
+  x, ref = metrics.image_pair(x, ref, batched=True)
   labels = np.asarray(labels).reshape(-1)
   true_labels = np.asarray(true_labels).reshape(-1)
   if labels.shape != (x.shape[0],) or true_labels.shape != (x.shape[0],):

@@ -33,14 +33,20 @@ _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
 
-def _pair(x: ArrayLike, ref: ArrayLike) -> tuple[jax.Array, jax.Array]:
-  """Both images as float32 `[h, w, c]`, or a ValueError."""
+def image_pair(x: ArrayLike, ref: ArrayLike, *,
+               batched: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Both as float32 of one shape, `[h, w, c]` (or `[batch, h, w, c]`).
+
+  Raises:
+    ValueError: other ranks, or shapes that differ.
+  """
   x = jnp.asarray(x, jnp.float32)
   ref = jnp.asarray(ref, jnp.float32)
-  if x.ndim != 3 or x.shape != ref.shape:
-    raise ValueError(
-        'x and ref must be one image each with the same shape [h, w, c] '
-        f'(vmap for batches), got {x.shape} and {ref.shape}.')
+  if x.ndim != 3 + batched or x.shape != ref.shape:
+    what = ('batches of the same shape [batch, h, w, c]' if batched else
+            'one image each with the same shape [h, w, c] (vmap for batches)')
+    raise ValueError(f'x and ref must be {what}, got {x.shape} and '
+                     f'{ref.shape}.')
   return x, ref
 
 
@@ -54,7 +60,7 @@ def mse(x: ArrayLike, ref: ArrayLike) -> jax.Array:
   Returns:
     float32 `[]`.
   """
-  x, ref = _pair(x, ref)
+  x, ref = image_pair(x, ref)
   return jnp.mean(jnp.square(x - ref))
 
 
@@ -122,7 +128,7 @@ def ssim(x: ArrayLike, ref: ArrayLike, max_val: float = 1.0) -> jax.Array:
     Wang, Bovik, Sheikh and Simoncelli, "Image quality assessment: from
     error visibility to structural similarity", IEEE TIP 2004.
   """
-  x, ref = _pair(x, ref)
+  x, ref = image_pair(x, ref)
   if min(x.shape[:2]) < _SSIM_WINDOW:
     raise ValueError(
         f'ssim needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW}, got '

@@ -42,6 +42,11 @@ JOBS = 'jobs'
 # Of a device's free memory, the share a chunk may plan to use: the rest
 # is for XLA's own buffers and the estimate's error.
 MEMORY_FRACTION = 0.5
+# The most jobs per device chosen for simulated CPU devices (several CPU
+# devices in one process, xla_force_host_platform_device_count): with jax
+# 0.10.2 on a 2-core host, 32 or more hung XLA:CPU for good (2 devices x
+# 64 and 8 x 32 did; 8 x 16 did not).
+SIMULATED_CPU_MAX_JOBS = 16
 
 
 def check_distributed(coordinator_address: str | None,
@@ -293,3 +298,26 @@ def jobs_per_device_from_memory(bytes_per_job: int, free_bytes: int, *,
   """
   fit = int(fraction * free_bytes) // max(1, int(bytes_per_job))
   return int(max(1, min(max_jobs, fit)))
+
+
+def choose_jobs_per_device(mesh: Mesh, bytes_per_job: int | None, *,
+                           max_jobs: int) -> int:
+  """Jobs per device per chunk for `mesh`: memory-bound, capped.
+
+  Args:
+    mesh: the mesh the chunks run on.
+    bytes_per_job: one job's device memory (None if unknown: `max_jobs`).
+    max_jobs: the cap.
+
+  Returns:
+    `jobs_per_device_from_memory` of the devices' free memory, at most
+    `SIMULATED_CPU_MAX_JOBS` on several simulated CPU devices.
+  """
+  jobs = max_jobs
+  if bytes_per_job is not None:
+    jobs = jobs_per_device_from_memory(
+        bytes_per_job, free_bytes_per_device(mesh.devices.reshape(-1)),
+        max_jobs=max_jobs)
+  if mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu':
+    jobs = min(jobs, SIMULATED_CPU_MAX_JOBS)
+  return jobs

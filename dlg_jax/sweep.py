@@ -64,8 +64,6 @@ from dlg_jax import parallel
 _DEFENSE_STREAM = 0
 _RESTART_STREAM = 1
 _CHECKPOINT_DIR = 'checkpoints'
-# Jobs per device chosen from memory when several CPU devices are simulated.
-_SIMULATED_CPU_MAX_JOBS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,33 +541,26 @@ def run_sweep(
   compiled: dict[int, Any] = {}
   compile_seconds, compiles = 0.0, 0
   try:
-    todo = chunks(spec, n, 1, store.done)
     # Jobs each device still needs per defense: chunks bigger than that
     # would be padding.
     need = [parallel.padded_size(
         max(0, int(offsets[d + 1] - max(offsets[d], store.done))), devices)
             // devices for d in range(len(spec.defenses))]
-    if todo and jobs_per_device is None:
+    if store.done < offsets[-1] and jobs_per_device is None:
       start = time.perf_counter()
-      first = Chunk(todo[0].defense, todo[0].start, todo[0].start + 1)
+      # The next job to run probes the memory one job needs.
+      d = int(np.searchsorted(offsets, store.done, side='right')) - 1
+      first = Chunk(d, store.done, store.done + 1)
       probe, per_job = _memory_probe(jit_fn(first.defense),
                                      inputs_for(first, devices)[1])
       compile_seconds += time.perf_counter() - start
       compiles += 1
-      free = parallel.free_bytes_per_device(mesh.devices.reshape(-1))
-      jobs_per_device = (max_jobs_per_device if per_job is None else
-                         parallel.jobs_per_device_from_memory(
-                             per_job, free, max_jobs=max_jobs_per_device))
-      if mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu':
-        # Simulated CPU devices (xla_force_host_platform_device_count) run
-        # concurrently in one process; with jax 0.10.2 on a 2-core host,
-        # 32 or more of these jobs per device hung XLA:CPU for good (2
-        # devices x 64 and 8 x 32 did; 8 x 16 did not).
-        jobs_per_device = min(jobs_per_device, _SIMULATED_CPU_MAX_JOBS)
+      jobs_per_device = parallel.choose_jobs_per_device(
+          mesh, per_job, max_jobs=max_jobs_per_device)
       if _even(need[first.defense], jobs_per_device) == 1:
         compiled[first.defense] = probe
-      logging.info('at most %d jobs per device (%s bytes per job, %d free)',
-                   jobs_per_device, per_job, free)
+      logging.info('at most %d jobs per device (%s bytes per job)',
+                   jobs_per_device, per_job)
     elif jobs_per_device is None:
       jobs_per_device = 1
     # Each defense compiles its own executable, so each gets its own chunk

@@ -15,7 +15,7 @@ and `matched_to` (the reconstruction slot paired with it), and the figure
 shows each original beside its paired reconstruction.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import os
 import statistics
 from typing import Any
@@ -55,6 +55,38 @@ def _under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
     return fn(*args, **kwargs)
   except (ValueError, FileNotFoundError) as e:
     raise type(e)(f'{key}: {e}') from None
+
+
+def defense_grid(section: str, names: Sequence[str], strengths: Any,
+                 check: Callable[[str, np.ndarray], None]
+                 ) -> list[tuple[str, tuple[float, ...]]]:
+  """`(defense, strengths)` pairs from `config.<section>`, errors naming keys.
+
+  Shared by the sweep (`config.sweep`) and the utility study
+  (`config.utility`): `names` is `config.<section>.defenses`, `strengths`
+  the `config.<section>.strengths` mapping, and `check(name, strengths)`
+  validates one entry (raising ValueError).
+  """
+  names = tuple(names)
+  if not names:
+    raise ValueError(
+        f'config.{section}.defenses must name at least one defense.')
+  if len(set(names)) != len(names):
+    raise ValueError(
+        f'config.{section}.defenses names a defense twice: {names}.')
+  grid = []
+  for name in names:
+    if name not in strengths:
+      raise ValueError(
+          f'config.{section}.strengths.{name} is missing: every defense in '
+          f'config.{section}.defenses needs strengths.')
+    values = tuple(float(s) for s in strengths[name])
+    if not values:
+      raise ValueError(f'config.{section}.strengths.{name} is empty.')
+    _under(f'config.{section}.strengths.{name}', check, name,
+           np.asarray(values))
+    grid.append((name, values))
+  return grid
 
 
 def check_workdir(workdir: str) -> None:

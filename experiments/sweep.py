@@ -43,7 +43,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from dlg_jax import data
 from dlg_jax import defenses as defenses_lib
@@ -78,28 +77,13 @@ def define_parallel_flags() -> None:
 def check_sweep(config) -> sweep_lib.SweepSpec:
   """The sweep's spec from `config.sweep`, errors naming the config key."""
   cfg = config.sweep
-  names = tuple(cfg.defenses)
-  if not names:
-    raise ValueError('config.sweep.defenses must name at least one defense.')
-  for name in names:
+  for name in cfg.defenses:
     if name not in defenses_lib.DEFENSES:
       raise ValueError(
           f'config.sweep.defenses: unknown defense {name!r}; choose from '
           f'{sorted(defenses_lib.DEFENSES)}.')
-  if len(set(names)) != len(names):
-    raise ValueError(f'config.sweep.defenses names a defense twice: {names}.')
-  defenses = []
-  for name in names:
-    if name not in cfg.strengths:
-      raise ValueError(f'config.sweep.strengths.{name} is missing: every '
-                       'defense in config.sweep.defenses needs strengths.')
-    strengths = tuple(float(s) for s in cfg.strengths[name])
-    if not strengths:
-      raise ValueError(f'config.sweep.strengths.{name} is empty.')
-    attack_launcher._under(  # pylint: disable=protected-access
-        f'config.sweep.strengths.{name}', defenses_lib.check_strength, name,
-        np.asarray(strengths))
-    defenses.append((name, strengths))
+  defenses = attack_launcher.defense_grid(
+      'sweep', cfg.defenses, cfg.strengths, defenses_lib.check_strength)
   if cfg.jobs_per_device < 0:
     raise ValueError('config.sweep.jobs_per_device must be >= 1, or 0 to '
                      f'choose from memory; got {cfg.jobs_per_device}.')

@@ -18,7 +18,6 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 from dlg_jax import figures
 from dlg_jax import utility
@@ -28,20 +27,8 @@ from experiments import attack as attack_launcher
 def check_utility(config) -> list[tuple[str, tuple[float, ...]]]:
   """`(defense, strengths)` pairs of `config.utility`, errors naming the key."""
   cfg = config.utility
-  if not cfg.defenses:
-    raise ValueError('config.utility.defenses is empty.')
-  grid = []
-  for name in cfg.defenses:
-    if name not in cfg.strengths:
-      raise ValueError(f'config.utility.strengths has no entry for {name!r}; '
-                       'every defense in config.utility.defenses needs one.')
-    strengths = tuple(float(s) for s in cfg.strengths[name])
-    if not strengths:
-      raise ValueError(f'config.utility.strengths.{name} is empty.')
-    attack_launcher._under(  # pylint: disable=protected-access
-        f'config.utility.defenses ({name!r})', utility.check_defense, name,
-        np.asarray(strengths))
-    grid.append((name, strengths))
+  grid = attack_launcher.defense_grid('utility', cfg.defenses, cfg.strengths,
+                                      utility.check_defense)
   if not config.seeds:
     raise ValueError('config.seeds must name at least one seed.')
   return grid

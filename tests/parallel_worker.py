@@ -29,24 +29,33 @@ def define_flags():
   flags.DEFINE_integer('process_id', None, 'This process.')
 
 
-def tiny():
-  """The tiny sweep of tests/sweep_test.py: 12x12 LeNet, Adam, 4 steps."""
+def tiny_attack(num_images: int):
+  """A LeNet on 12x12 images, Adam for 4 steps, `num_images` random targets.
+
+  The tiny sweep setup of tests/sweep_test.py and of these workers.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dlg_jax import attack as attack_lib  # pylint: disable=g-import-not-at-top
   from dlg_jax import models  # pylint: disable=g-import-not-at-top
-  from dlg_jax import sweep  # pylint: disable=g-import-not-at-top
   model = models.get_model('lenet', num_classes=10)
   params = models.init_params(model, jax.random.key(0), (12, 12, 3))
   attack = attack_lib.Attack(
       apply_fn=models.make_apply_fn(model), image_shape=(12, 12, 3),
       num_classes=10, optimizer='adam', learning_rate=0.05, num_steps=4,
       snapshot_steps=(0,))
-  x = np.asarray(jax.random.uniform(jax.random.key(1), (3, 12, 12, 3)))
-  y = np.array([3, 7, 1])
+  x = np.asarray(jax.random.uniform(jax.random.key(1),
+                                    (num_images, 12, 12, 3)))
+  y = np.array([3, 7, 1, 5][:num_images])
+  return attack, params, x, y
+
+
+def tiny():
+  """`tiny_attack` on 3 images and a sweep of 18 jobs over 2 defenses."""
+  from dlg_jax import sweep  # pylint: disable=g-import-not-at-top
   spec = sweep.SweepSpec(defenses=(('gaussian', (1e-4, 1e-1)),
                                    ('int8', (0.0,))),
                          restarts=2, seed=3)
-  return attack, params, x, y, spec
+  return (*tiny_attack(3), spec)
 
 
 def main(argv):

@@ -10,10 +10,9 @@ import jax
 import numpy as np
 
 from configs import defenses as defenses_config
-from dlg_jax import attack as attack_lib
-from dlg_jax import models
 from dlg_jax import sweep
 from experiments import sweep as sweep_launcher
+from tests import parallel_worker
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -33,15 +32,7 @@ class _Interrupt(Exception):
 
 def _tiny():
   """A LeNet on 12x12 images, Adam for a few steps, 2 random targets."""
-  model = models.get_model('lenet', num_classes=10)
-  params = models.init_params(model, jax.random.key(0), (12, 12, 3))
-  attack = attack_lib.Attack(
-      apply_fn=models.make_apply_fn(model), image_shape=(12, 12, 3),
-      num_classes=10, optimizer='adam', learning_rate=0.05, num_steps=4,
-      snapshot_steps=(0,))
-  x = np.asarray(jax.random.uniform(jax.random.key(1), (2, 12, 12, 3)))
-  y = np.array([3, 7])
-  return attack, params, x, y
+  return parallel_worker.tiny_attack(2)
 
 
 # 8 gaussian jobs in chunks of 3 (the last padded) and 4 int8 jobs: 5 chunks.
@@ -142,6 +133,15 @@ class SweepTest(absltest.TestCase):
     self.assertEqual(chunks, [(3, 8), (8, 12)])
     np.testing.assert_allclose(resumed.psnr, full.psnr, rtol=1e-5)
     np.testing.assert_allclose(resumed.x, full.x, atol=1e-5)
+
+  def test_jobs_per_device_from_memory_gives_the_same_records(self):
+    attack, params, x, y = _tiny()
+    fixed = sweep.run_sweep(attack, params, x, y, _SPEC,
+                            jobs_per_device=_CHUNK)
+    auto = sweep.run_sweep(attack, params, x, y, _SPEC)
+    # Plenty of host memory for 8 tiny jobs: one chunk per defense.
+    self.assertEqual(auto.jobs_per_device, 8)
+    np.testing.assert_allclose(auto.psnr, fixed.psnr, rtol=1e-5)
 
   def test_keep_images_and_cyclic_targets(self):
     attack, params, x, y = _tiny()
