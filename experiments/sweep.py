@@ -99,6 +99,10 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
   if config.attack.restarts < 1:
     raise ValueError(
         f'config.attack.restarts must be >= 1, got {config.attack.restarts}.')
+  if config.attack.get('prior_weight', 0.0):
+    raise ValueError('config.attack.prior_weight must be 0 for the sweep: it '
+                     'has no Gaussian image prior (the TV prior and '
+                     'config.attack.defense_aware are there).')
   if config.data.batch_size != 1:
     raise ValueError('config.data.batch_size must be 1 for the sweep (one '
                      f'image per gradient), got {config.data.batch_size}.')

@@ -290,6 +290,13 @@ class LauncherTest(parameterized.TestCase):
       sweep_launcher.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
+  def test_gaussian_prior_is_refused_by_name(self):
+    config = _quick_config()
+    config.attack.prior_weight = 1e-6
+    with self.assertRaisesRegex(ValueError, 'config.attack.prior_weight'):
+      sweep_launcher.run(
+          config, self.enter_context(tempfile.TemporaryDirectory()))
+
   def test_batch_above_one_names_the_key(self):
     config = _quick_config()
     config.data.batch_size = 2
