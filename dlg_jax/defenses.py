@@ -13,8 +13,8 @@ the same attack. `strength` is a traced scalar wherever it has a meaning (a
 noise variance, a pruned fraction) and is ignored by the dtype casts.
 
 DP-SGD (Abadi et al. 2016) needs each example's gradient before averaging,
-so it takes per-example gradients (`per_example_gradients`) and is kept out
-of the `DEFENSES` registry.
+so it takes per-example gradients (`dp_sgd`) or the batch itself
+(`dp_sgd_gradient`) and is kept out of the `DEFENSES` registry.
 
 Example:
 
@@ -283,6 +283,13 @@ def per_example_norms(per_example_grads: Grads) -> jax.Array:
   return jnp.sqrt(sum(squares))
 
 
+def _clip_factor(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
+  """`min(1, clip_norm / norms)`; a zero gradient needs no scaling (no 0 / 0)."""
+  clip_norm = jnp.asarray(clip_norm, jnp.float32)
+  return jnp.where(norms > clip_norm,
+                   clip_norm / jnp.where(norms > 0, norms, 1.0), 1.0)
+
+
 def clip_by_global_norm_per_example(per_example_grads: Grads, *,
                                     clip_norm: ArrayLike) -> Grads:
   """Scales each example's gradient to L2 norm at most `clip_norm`.
@@ -300,17 +307,28 @@ def clip_by_global_norm_per_example(per_example_grads: Grads, *,
   References:
     Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
   """
-  norms = per_example_norms(per_example_grads)
-  clip_norm = jnp.asarray(clip_norm, jnp.float32)
-  # A zero gradient needs no scaling; the where avoids 0 / 0.
-  factor = jnp.where(norms > clip_norm,
-                     clip_norm / jnp.where(norms > 0, norms, 1.0), 1.0)
+  factor = _clip_factor(per_example_norms(per_example_grads), clip_norm)
 
   def scale(g):
     f = factor.reshape(factor.shape + (1,) * (g.ndim - 1))
     return (g * f).astype(g.dtype)
 
   return jax.tree.map(scale, per_example_grads)
+
+
+def _check_clip_norm(clip_norm: ArrayLike) -> None:
+  if isinstance(clip_norm, numbers.Real) and not clip_norm > 0:
+    raise ValueError(f'clip_norm must be > 0, got {clip_norm!r}.')
+
+
+def _dp_noise(key: jax.Array, mean: Grads, strength: ArrayLike,
+              clip_norm: ArrayLike, batch: int) -> Grads:
+  """Adds DP-SGD's `N(0, (sigma C / B)^2)` to the clipped mean gradient."""
+  std = (jnp.asarray(strength, jnp.float32)
+         * jnp.asarray(clip_norm, jnp.float32) / batch)
+  return jax.tree.map(
+      lambda g, k: g + (std * jax.random.normal(k, g.shape)).astype(g.dtype),
+      mean, _leaf_keys(key, mean))
 
 
 def dp_sgd(key: jax.Array, per_example_grads: Grads, strength: ArrayLike, *,
@@ -320,6 +338,10 @@ def dp_sgd(key: jax.Array, per_example_grads: Grads, strength: ArrayLike, *,
   With B examples, noise multiplier sigma = `strength` and bound C =
   `clip_norm` this shares `mean_i clip(g_i) + N(0, (sigma C / B)^2)`, i.e.
   Abadi et al.'s `(sum_i clip(g_i) + N(0, sigma^2 C^2)) / B`.
+
+  This form takes per-example gradients that are already computed. Inside a
+  training loop, `dp_sgd_gradient` computes the same from the batch without
+  materialising them.
 
   Args:
     key: a PRNG key.
@@ -335,20 +357,89 @@ def dp_sgd(key: jax.Array, per_example_grads: Grads, strength: ArrayLike, *,
     Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar and Zhang, "Deep
     Learning with Differential Privacy", CCS 2016, Algorithm 1.
   """
-  if isinstance(clip_norm, numbers.Real) and not clip_norm > 0:
-    raise ValueError(f'clip_norm must be > 0, got {clip_norm!r}.')
+  _check_clip_norm(clip_norm)
   leaves = jax.tree.leaves(per_example_grads)
   if not leaves:
     return per_example_grads
-  batch = leaves[0].shape[0]
   clipped = clip_by_global_norm_per_example(per_example_grads,
                                             clip_norm=clip_norm)
   mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), clipped)
-  std = (jnp.asarray(strength, jnp.float32)
-         * jnp.asarray(clip_norm, jnp.float32) / batch)
-  return jax.tree.map(
-      lambda g, k: g + (std * jax.random.normal(k, g.shape)).astype(g.dtype),
-      mean, _leaf_keys(key, mean))
+  return _dp_noise(key, mean, strength, clip_norm, leaves[0].shape[0])
+
+
+def clipped_mean_gradient(apply_fn: client.ApplyFn, params: Grads,
+                          x: ArrayLike, labels: ArrayLike, *,
+                          clip_norm: ArrayLike) -> Grads:
+  """`mean_i clip(g_i)` over a batch, one example at a time.
+
+  Each example's gradient is computed as a batch of one, clipped to global
+  L2 norm `clip_norm` and added to a running sum under `lax.scan`, so the
+  `[batch, ...]` tree of per-example gradients is never formed and no
+  gradient is vmapped over examples. Equal (up to float rounding) to
+  `clip_by_global_norm_per_example` of `per_example_gradients`, averaged.
+
+  Why a scan: XLA:CPU (jax 0.10.2) was seen to crash with SIGSEGV on one
+  2-core AVX2 machine running `vmap`-over-examples gradients with clipping
+  inside the `lax.scan` of SGD steps, itself vmapped over seeds and
+  strengths (`utility.accuracy_grid('dp_sgd', ...)`). This form has the
+  shape of the plain mini-batch gradient that ran there, and holds one
+  example's gradient at a time instead of the batch's.
+
+  Args:
+    apply_fn: `(params, x) -> logits`.
+    params: the model's parameters.
+    x: `[batch, h, w, c]` inputs.
+    labels: `[batch, num_classes]` soft labels.
+    clip_norm: the per-example L2 bound C > 0; may be traced.
+
+  Returns:
+    A pytree shaped like `params`.
+  """
+  _check_clip_norm(clip_norm)
+  x, labels = jnp.asarray(x), jnp.asarray(labels)
+
+  def add_one(total, example):
+    xi, yi = example
+    g = client.gradient(apply_fn, params, xi[None], yi[None])
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+                        for leaf in jax.tree.leaves(g)))
+    factor = _clip_factor(norm, clip_norm)
+    return jax.tree.map(lambda t, leaf: t + (leaf * factor).astype(t.dtype),
+                        total, g), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  total, _ = jax.lax.scan(add_one, zeros, (x, labels))
+  return jax.tree.map(lambda t: t / x.shape[0], total)
+
+
+def dp_sgd_gradient(key: jax.Array, apply_fn: client.ApplyFn, params: Grads,
+                    x: ArrayLike, labels: ArrayLike, strength: ArrayLike, *,
+                    clip_norm: ArrayLike) -> Grads:
+  """The DP-SGD gradient of a batch: `dp_sgd` without per-example trees.
+
+  The clipped mean comes from `clipped_mean_gradient` (a scan over the
+  examples); the noise is `dp_sgd`'s, drawn from the same keys, so for the
+  same `key` the two agree up to float rounding.
+
+  Args:
+    key: a PRNG key.
+    apply_fn: `(params, x) -> logits`.
+    params: the model's parameters.
+    x: `[batch, h, w, c]` inputs.
+    labels: `[batch, num_classes]` soft labels.
+    strength: the noise multiplier sigma >= 0; may be traced.
+    clip_norm: the per-example L2 bound C > 0.
+
+  Returns:
+    A pytree shaped like `params`.
+
+  References:
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016,
+    Algorithm 1.
+  """
+  mean = clipped_mean_gradient(apply_fn, params, x, labels,
+                               clip_norm=clip_norm)
+  return _dp_noise(key, mean, strength, clip_norm, jnp.shape(x)[0])
 
 
 def compose(*defenses: Defense) -> Defense:

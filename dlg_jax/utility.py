@@ -64,8 +64,8 @@ from dlg_jax import models
 # The no-defense baseline: the mini-batch gradient as is. Its one strength
 # (conventionally 0) is ignored.
 BASELINE = 'none'
-# DP-SGD clips and noises per-example gradients (defenses.dp_sgd); its
-# strength is the noise multiplier sigma, with a separate clip norm.
+# DP-SGD clips and noises per-example gradients (defenses.dp_sgd_gradient);
+# its strength is the noise multiplier sigma, with a separate clip norm.
 DP_SGD = 'dp_sgd'
 
 # The defaults measured in configs/utility.py: 16 epochs of 400 images.
@@ -163,8 +163,8 @@ def _shared_gradient(defense: str, apply_fn: client.ApplyFn, params,
                      strength: jax.Array, clip_norm: jax.Array):
   """The mini-batch gradient as the server receives it under `defense`."""
   if defense == DP_SGD:
-    per_example = client.per_example_gradients(apply_fn, params, x, labels)
-    return defenses.dp_sgd(key, per_example, strength, clip_norm=clip_norm)
+    return defenses.dp_sgd_gradient(key, apply_fn, params, x, labels,
+                                    strength, clip_norm=clip_norm)
   grads = client.gradient(apply_fn, params, x, labels)
   if defense == BASELINE:
     return grads

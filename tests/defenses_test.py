@@ -291,6 +291,21 @@ class DpSgdTest(parameterized.TestCase):
         float(defenses.per_example_norms(
             jax.tree.map(lambda g: g[None], out))[0]), clip_norm * 1.00001)
 
+  @parameterized.parameters(0.0, 3.0)
+  def test_batch_form_equals_per_example_form(self, multiplier):
+    # dp_sgd_gradient scans over the examples instead of vmapping them; the
+    # same key gives the same noise, so both forms share one gradient. One
+    # bound between the norms: some examples clipped, some not.
+    norms = np.sort(np.asarray(defenses.per_example_norms(self.per_example)))
+    clip_norm = float(norms[:2].mean())
+    key = jax.random.key(7)
+    expected = defenses.dp_sgd(key, self.per_example, multiplier,
+                               clip_norm=clip_norm)
+    got = jax.jit(defenses.dp_sgd_gradient, static_argnums=1)(
+        key, self.apply_fn, self.params, self.x, self.labels, multiplier,
+        clip_norm=clip_norm)
+    _assert_trees_close(self, got, expected, rtol=1e-4, atol=1e-6)
+
   def test_zero_gradients_stay_finite(self):
     grads = {'g': jnp.zeros((2, 5))}
     out = defenses.dp_sgd(jax.random.key(0), grads, 0.0, clip_norm=1.0)

@@ -13,6 +13,7 @@ from configs import utility as utility_config
 from dlg_jax import data
 from dlg_jax import utility
 from experiments import utility as utility_launcher
+from tests import isolated
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -88,16 +89,36 @@ class AccuracyTableTest(absltest.TestCase):
     self.assertLess(table[('gaussian', _HUGE)], table[('none', 0.0)])
 
   def test_dp_sgd_learns_with_clipping_alone_not_with_huge_noise(self):
-    ds = data.load_bundled('mnist')
-    acc = utility.accuracy_grid('dp_sgd', [0.0, 100.0],
-                                utility.split(ds.x, ds.y), steps=60,
-                                clip_norm=1.0)
+    # In a child process: this program once crashed XLA:CPU (SIGSEGV) on
+    # another 2-core machine, taking the rest of the suite with it.
+    acc = np.asarray(isolated.run('''
+        from dlg_jax import data, utility
+        ds = data.load_bundled('mnist')
+        acc = utility.accuracy_grid('dp_sgd', [0.0, 100.0],
+                                    utility.split(ds.x, ds.y), steps=60,
+                                    clip_norm=1.0)
+        report(acc.tolist())
+        '''))
     self.assertEqual(acc.shape, (2, 1))
     # Clipping slows learning: measured 0.52 (seeds 1, 2: 0.42, 0.61) with
     # clipping alone (sigma 0) after 60 steps.
     self.assertGreaterEqual(acc[0, 0], 0.35)
     # sigma 100: noise std 100 / 32 per entry.
     self.assertLessEqual(acc[1, 0], 0.25)
+
+  def test_dp_sgd_grid_of_two_strengths_runs(self):
+    # Issue 10's reproduction, verbatim: it died with SIGSEGV on a 2-core
+    # AMD EPYC (AVX2) machine with per-example gradients vmapped inside the
+    # scan of SGD steps; one strength ran, two crashed.
+    acc = np.asarray(isolated.run('''
+        from dlg_jax import data, utility
+        ds = data.load_bundled('mnist')
+        report(utility.accuracy_grid(
+            'dp_sgd', [0.0, 100.0], utility.split(ds.x, ds.y), steps=2,
+            clip_norm=1.0).tolist())
+        '''))
+    self.assertEqual(acc.shape, (2, 1))
+    self.assertTrue(np.all((acc >= 0) & (acc <= 1)), acc)
 
   def test_no_recompilation(self):
     ds = data.load_bundled('mnist')
