@@ -27,7 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.npz = ''          # a user's npz with x (uint8) and y (int)
   config.data.data_dir = ''     # tfds data_dir, for 'tfds:' sources
   config.data.split = 'test'
-  config.data.count = 10        # attack the first `count` images
+  # Attack the first `count` images. Unset (a typed None): every image of
+  # `npz`, or the first 10 of bundled or TFDS data
+  # (experiments.attack.DEFAULT_COUNT).
+  config.data.count = ml_collections.config_dict.placeholder(int)
   # Images behind one shared gradient; targets are consecutive groups of
   # `batch_size` of the first `count` images (count must be a multiple).
   config.data.batch_size = 1

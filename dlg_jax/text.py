@@ -23,6 +23,8 @@ from jax.typing import ArrayLike
 from tokenizers import BertWordPieceTokenizer
 from tokenizers import Tokenizer
 
+from dlg_jax import data
+
 CLS, SEP, MASK, PAD, UNK = '[CLS]', '[SEP]', '[MASK]', '[PAD]', '[UNK]'
 
 _SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'samples',
@@ -37,8 +39,7 @@ def bundled_path() -> str:
 def _load_npz(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No text samples file at {path!r}.')
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+  return data.read_npz_arrays(path)
 
 
 def load_vocab(path: str | os.PathLike[str] | None = None) -> list[str]:

@@ -5,7 +5,17 @@ r"""Recovers images and labels from client gradients (DLG / iDLG).
 Writes into the workdir `results.json` (a `records` list, one per original
 image, and a `summary`), `config.json` (to rerun), and `reconstruction.png`
 (ground truth, then the reconstruction over iterations, as the DLG paper's
-figures).
+figures). `results.json` is written as soon as the attack has run: a metric
+that fails on a record is null there, with the error in the record's
+`metric_errors`, and the summary's means leave it out.
+
+The targets are the first `config.data.count` images; without a count, every
+image of a user's npz (`config.data.npz`), or the first `DEFAULT_COUNT` (10)
+of bundled or TFDS data.
+
+A bad config value, flag or file is reported as one line naming the key
+(`dlg_jax.errors.ConfigError`), before anything is compiled; only images
+whose shared gradients are not finite are found once those are computed.
 
 With `--config.data.batch_size=B` each shared gradient is the mean over B
 consecutive images (or, with `config.client.local_steps > 1`, their FedAvg
@@ -30,11 +40,18 @@ import numpy as np
 
 from dlg_jax import attack as attack_lib
 from dlg_jax import data
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import matching
+from dlg_jax import metrics
 from dlg_jax import models
 from dlg_jax import objectives
 from dlg_jax import train
+
+# Images attacked when config.data.count is None and the data are bundled (or
+# TFDS): the first 10, the images of the README's results. A user's npz is
+# attacked whole.
+DEFAULT_COUNT = 10
 
 
 def define_flags() -> None:
@@ -49,14 +66,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-  """Calls `fn`, prefixing its error with the config key it came from."""
-  try:
-    return fn(*args, **kwargs)
-  except (ValueError, FileNotFoundError) as e:
-    raise type(e)(f'{key}: {e}') from None
-
-
 def defense_grid(section: str, names: Sequence[str], strengths: Any,
                  check: Callable[[str, np.ndarray], None]
                  ) -> list[tuple[str, tuple[float, ...]]]:
@@ -66,25 +75,28 @@ def defense_grid(section: str, names: Sequence[str], strengths: Any,
   (`config.utility`): `names` is `config.<section>.defenses`, `strengths`
   the `config.<section>.strengths` mapping, and `check(name, strengths)`
   validates one entry (raising ValueError).
+
+  Raises:
+    ConfigError: naming the key at fault.
   """
   names = tuple(names)
   if not names:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.{section}.defenses must name at least one defense.')
   if len(set(names)) != len(names):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.{section}.defenses names a defense twice: {names}.')
   grid = []
   for name in names:
     if name not in strengths:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.{section}.strengths.{name} is missing: every defense in '
           f'config.{section}.defenses needs strengths.')
     values = tuple(float(s) for s in strengths[name])
     if not values:
-      raise ValueError(f'config.{section}.strengths.{name} is empty.')
-    _under(f'config.{section}.strengths.{name}', check, name,
-           np.asarray(values))
+      raise errors.ConfigError(f'config.{section}.strengths.{name} is empty.')
+    errors.under(f'config.{section}.strengths.{name}', check, name,
+                 np.asarray(values))
     grid.append((name, values))
   return grid
 
@@ -92,9 +104,9 @@ def defense_grid(section: str, names: Sequence[str], strengths: Any,
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` and checks that it can be written, before any work."""
   if not workdir:
-    raise ValueError('--workdir is required.')
+    raise errors.ConfigError('--workdir is required.')
   if '://' in workdir:
-    raise ValueError(
+    raise errors.ConfigError(
         f'--workdir {workdir!r} is a URL; outputs are written with local file '
         'calls, so give a local or mounted directory (e.g. a bucket mounted '
         'with gcsfuse).')
@@ -105,17 +117,47 @@ def check_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f'--workdir {workdir!r} cannot be written: {e}') from None
+    raise errors.ConfigError(
+        f'--workdir {workdir!r} cannot be written: {e}') from None
+
+
+def data_key(config) -> str:
+  """The config key the data came from: `config.data.npz` or `.source`."""
+  return 'config.data.npz' if config.data.npz else 'config.data.source'
 
 
 def load_data(config) -> data.Dataset:
-  """The targets named by `config.data`, errors naming the key."""
+  """Every image `config.data` names, errors naming the key."""
   cfg = config.data
   if cfg.npz:
-    return _under('config.data.npz', data.load_dataset, cfg.source,
-                  npz=cfg.npz, count=None)
-  return _under('config.data.source', data.load_dataset, cfg.source,
-                data_dir=cfg.data_dir or None, split=cfg.split, count=None)
+    return errors.under(data_key(config), data.load_dataset, cfg.source,
+                        npz=cfg.npz, count=None)
+  return errors.under(data_key(config), data.load_dataset, cfg.source,
+                      data_dir=cfg.data_dir or None, split=cfg.split,
+                      count=None)
+
+
+def target_count(config, available: int) -> int:
+  """How many of the `available` images are attacked: `config.data.count`.
+
+  Without a count (None, the configs' default), every image of a user's npz,
+  else the first `DEFAULT_COUNT` (or all, when fewer).
+
+  Raises:
+    ConfigError: a count outside [1, available], naming the key.
+  """
+  count = config.data.count
+  if count is None:
+    return available if config.data.npz else min(DEFAULT_COUNT, available)
+  if isinstance(count, bool) or not isinstance(count, int) or not (
+      1 <= count <= available):
+    default = ('all of them' if config.data.npz else
+               f'the first {min(DEFAULT_COUNT, available)}')
+    raise errors.ConfigError(
+        f'config.data.count must be in [1, {available}] (the images in '
+        f'{config.data.npz or config.data.source!r}), got {count!r}; unset, '
+        f'it attacks {default}.')
+  return count
 
 
 def _prior_indices(spec: str, count: int, n: int) -> list[int]:
@@ -129,11 +171,12 @@ def _prior_indices(spec: str, count: int, n: int) -> list[int]:
       lo, _, hi = part.strip().partition('-')
       indices.update(range(int(lo), int(hi or lo) + 1))
   except ValueError:
-    raise ValueError(f'config.attack.prior_images must be "unattacked" or '
-                     f'indices such as "0-7,16-19", got {spec!r}.') from None
+    raise errors.ConfigError(
+        'config.attack.prior_images must be "unattacked" or indices such as '
+        f'"0-7,16-19", got {spec!r}.') from None
   if not indices or min(indices) < 0 or max(indices) >= n:
-    raise ValueError(f'config.attack.prior_images {spec!r} must name images '
-                     f'in [0, {n}).')
+    raise errors.ConfigError(
+        f'config.attack.prior_images {spec!r} must name images in [0, {n}).')
   if set(range(count)) & indices:
     logging.warning('config.attack.prior_images %r includes attacked images '
                     '(the first %d): the prior has seen them.', spec, count)
@@ -147,30 +190,31 @@ def fit_prior(config, ds: data.Dataset) -> objectives.GaussianPrior | None:
   """
   a = config.attack
   if a.prior_weight < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.attack.prior_weight must be >= 0, got {a.prior_weight}.')
   if not a.prior_weight:
     return None
-  indices = _prior_indices(a.prior_images, config.data.count, len(ds.x))
+  indices = _prior_indices(a.prior_images, target_count(config, len(ds.x)),
+                           len(ds.x))
   logging.info('Gaussian image prior (weight %g) fitted on images %s',
                a.prior_weight, indices)
-  return _under('config.attack.prior_floor', objectives.fit_gaussian_prior,
-                ds.x[indices], floor=a.prior_floor)
+  return errors.under('config.attack.prior_floor',
+                      objectives.fit_gaussian_prior, ds.x[indices],
+                      floor=a.prior_floor)
 
 
 def build(config, ds: data.Dataset):
   """Model, params and attack from the config, validated before compiling."""
-  count, batch = config.data.count, config.data.batch_size
+  batch = config.data.batch_size
   if not 1 <= batch <= len(ds.x):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.batch_size must be in [1, {len(ds.x)}] (the images in '
         f'{ds.name!r}), got {batch}.')
-  if not 1 <= count <= len(ds.x):
-    raise ValueError(f'config.data.count must be in [1, {len(ds.x)}] for '
-                     f'{ds.name!r}, got {count}.')
+  count = target_count(config, len(ds.x))
   if count % batch:
-    raise ValueError(
-        f'config.data.count ({count}) must be a multiple of '
+    unset = '' if config.data.count is not None else ', as it is unset'
+    raise errors.ConfigError(
+        f'config.data.count ({count}{unset}) must be a multiple of '
         f'config.data.batch_size ({batch}): targets are whole batches of '
         'consecutive images.')
   # Pretraining uses the images not attacked, or all when none are left.
@@ -178,81 +222,71 @@ def build(config, ds: data.Dataset):
       ds.x, ds.y)
   ds = ds._replace(x=ds.x[:count], y=ds.y[:count], index=ds.index[:count])
   if config.model.pretrain_steps < 0:
-    raise ValueError('config.model.pretrain_steps must be >= 0, got '
-                     f'{config.model.pretrain_steps}.')
-  model = _under('config.model', models.get_model, config.model.name,
-                 num_classes=config.model.num_classes,
-                 activation=config.model.activation or None)
-  _under('config.model.num_classes', data.check_labels, ds.y,
-         config.model.num_classes)
+    raise errors.ConfigError('config.model.pretrain_steps must be >= 0, got '
+                             f'{config.model.pretrain_steps}.')
+  model = errors.under('config.model', models.get_model, config.model.name,
+                       num_classes=config.model.num_classes,
+                       activation=config.model.activation or None)
+  errors.under('config.model.num_classes', data.check_labels, ds.y,
+               config.model.num_classes)
   image_shape = tuple(ds.x.shape[1:])
+  # The records' metrics need a window that fits (metrics.ssim_window);
+  # finding out after the attack would lose it.
+  errors.under(data_key(config), metrics.ssim_window, *image_shape[:2])
   try:
     shapes = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x),
         jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.model.name: model {config.model.name!r} does not take '
         f'images of shape {image_shape}: {e}') from None
   empty = [jax.tree_util.keystr(path) for path, leaf in
            jax.tree_util.tree_flatten_with_path(shapes)[0] if leaf.size == 0]
   if empty:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.model.name: model {config.model.name!r} does not take '
         f'images of shape {image_shape}: they are too small, leaving layers '
         f'{empty} with no inputs.')
-  params = models.init_params(
-      model, jax.random.PRNGKey(config.model.init_seed), image_shape)
-  if config.model.pretrain_steps:
-    _under('config.model.num_classes', data.check_labels, train_y,
-           config.model.num_classes)
-    params, losses = train.train(
-        models.make_apply_fn(model), params, train_x, train_y,
-        jax.random.PRNGKey(config.model.init_seed + 1),
-        num_classes=config.model.num_classes,
-        steps=config.model.pretrain_steps,
-        learning_rate=config.model.pretrain_lr)
-    logging.info('pretrained %s for %d steps on %d images: loss %.3f -> %.3f',
-                 config.model.name, config.model.pretrain_steps, len(train_x),
-                 float(losses[0]), float(losses[-1]))
   a, c = config.attack, config.client
   if a.label_method not in attack_lib.LABEL_METHODS:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.attack.label_method must be one of '
         f'{list(attack_lib.LABEL_METHODS)}, got {a.label_method!r}.')
   if a.label_mode == 'analytic' and a.label_method == 'idlg' and batch > 1:
-    raise ValueError(
+    raise errors.ConfigError(
         'config.attack.label_method "idlg" is exact for batch 1 only; with '
         f'config.data.batch_size={batch} use "count" (or "auto").')
   if c.local_steps < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.client.local_steps must be >= 1 (1 is FedSGD), got '
         f'{c.local_steps}.')
   if not c.learning_rate > 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.client.learning_rate must be > 0, got {c.learning_rate}.')
   local_batch = c.local_batch_size or batch
   if local_batch < 1 or batch % local_batch:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.client.local_batch_size must be 0 (the whole batch) or '
         f'divide config.data.batch_size ({batch}), got {c.local_batch_size}.')
   if local_batch != batch and c.local_steps == 1:
-    raise ValueError(
+    raise errors.ConfigError(
         'config.client.local_batch_size must be 0 with '
         'config.client.local_steps=1 (FedSGD: one step on the whole batch), '
         f'got {c.local_batch_size}.')
   if local_batch != batch and a.label_mode == 'analytic':
-    raise ValueError(
+    raise errors.ConfigError(
         'config.client.local_batch_size must be 0 with '
         'config.attack.label_mode "analytic": labels read off the update do '
         'not say which local mini-batch each belongs to; use "joint" or '
         '"known".')
   if a.restarts < 1:
-    raise ValueError(f'config.attack.restarts must be >= 1, got {a.restarts}.')
+    raise errors.ConfigError(
+        f'config.attack.restarts must be >= 1, got {a.restarts}.')
   if a.chunk_size < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.attack.chunk_size must be >= 1, got {a.chunk_size}.')
-  attack = _under(
+  attack = errors.under(
       'config.attack', attack_lib.Attack,
       apply_fn=models.make_apply_fn(model), image_shape=image_shape,
       num_classes=config.model.num_classes, batch=batch,
@@ -268,7 +302,89 @@ def build(config, ds: data.Dataset):
       num_steps=a.num_steps, init=a.init, init_scale=a.init_scale, tol=a.tol,
       snapshot_steps=tuple(a.snapshot_steps),
       success_psnr=config.success_psnr)
+  params = models.init_params(
+      model, jax.random.PRNGKey(config.model.init_seed), image_shape)
+  if config.model.pretrain_steps:
+    errors.under('config.model.num_classes', data.check_labels, train_y,
+                 config.model.num_classes)
+    params, losses = train.train(
+        models.make_apply_fn(model), params, train_x, train_y,
+        jax.random.PRNGKey(config.model.init_seed + 1),
+        num_classes=config.model.num_classes,
+        steps=config.model.pretrain_steps,
+        learning_rate=config.model.pretrain_lr)
+    logging.info('pretrained %s for %d steps on %d images: loss %.3f -> %.3f',
+                 config.model.name, config.model.pretrain_steps, len(train_x),
+                 float(losses[0]), float(losses[-1]))
   return ds, params, attack
+
+
+# The `dlg_jax.metrics` functions of each record, under the best pairing.
+IMAGE_METRICS = ('mse', 'psnr', 'ssim')
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
+                 true_labels: jax.Array
+                 ) -> tuple[np.ndarray, dict[str, list[float | None]],
+                            np.ndarray, list[dict[str, str]]]:
+  """Scores one target's reconstructions, keeping what can be computed.
+
+  `matching.matched_metrics` scores the whole batch at once. Should it fail,
+  the pairing and each metric of each original are computed on their own: a
+  metric that fails there is None, its error is logged as a warning and
+  noted, and every other value is kept, so that an attack that has run is
+  never lost to its scoring.
+
+  Args:
+    recon: reconstructions `[batch, h, w, c]`.
+    ref: originals `[batch, h, w, c]`.
+    labels: `[batch]` the attacker's label of each reconstruction slot.
+    true_labels: `[batch]` the originals' labels.
+
+  Returns:
+    `(matched_to [batch], {metric: [batch] values or None},
+    label_correct [batch], [batch] {metric: error} of the failures)`.
+  """
+  batch = ref.shape[0]
+  try:
+    m = matching.matched_metrics(recon, ref, labels, true_labels)
+    return (m.matched_to,
+            {name: [float(v) for v in getattr(m, name)]
+             for name in IMAGE_METRICS},
+            m.label_correct, [{} for _ in range(batch)])
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('scoring a target failed (%s: %s); scoring each metric '
+                    'and image on its own', type(e).__name__, e)
+  failed = [{} for _ in range(batch)]
+  try:
+    perm = matching.match(recon, ref)
+  except Exception as e:  # pylint: disable=broad-except
+    # Slot k stays with original k, as for a batch of one.
+    perm = np.arange(batch)
+    for f in failed:
+      f['matched_to'] = f'{type(e).__name__}: {e}'
+    logging.warning('pairing reconstructions with originals failed (%s: %s); '
+                    'kept them in slot order', type(e).__name__, e)
+  paired = jnp.clip(jnp.asarray(recon, jnp.float32)[perm], 0.0, 1.0)
+  ref = jnp.asarray(ref, jnp.float32)
+  scores = {}
+  for name in IMAGE_METRICS:
+    scores[name] = []
+    for k in range(batch):
+      try:
+        scores[name].append(float(getattr(metrics, name)(paired[k], ref[k])))
+      except Exception as e:  # pylint: disable=broad-except
+        scores[name].append(None)
+        failed[k][name] = f'{type(e).__name__}: {e}'
+        logging.warning('%s of original %d failed (%s: %s); recorded as null',
+                        name, k, type(e).__name__, e)
+  label_correct = (np.asarray(labels).reshape(-1)[perm]
+                   == np.asarray(true_labels).reshape(-1))
+  return perm, scores, label_correct, failed
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -279,8 +395,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   check_workdir(workdir)
   full = load_data(config)
-  ds, params, attack = build(config, full)
+  # The prior's checks first: build pretrains (compiles) the model.
   prior = fit_prior(config, full)
+  ds, params, attack = build(config, full)
   figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
   batch = attack.batch
   num_targets = len(ds.x) // batch
@@ -297,7 +414,12 @@ def run(config, workdir: str) -> dict[str, Any]:
       np.all(np.isfinite(g), axis=tuple(range(1, g.ndim)))
       for g in jax.tree.leaves(grads)]), axis=0))[0]]
   if bad:
-    raise ValueError(f'The shared gradients of targets {bad} are not finite.')
+    images = [int(ds.index[t * batch + k]) for t in bad for k in range(batch)]
+    raise errors.ConfigError(
+        f'config.data: the shared gradients of targets {bad} (images '
+        f'{images} of {ds.name}) are not finite: the model overflows on '
+        'them, so there is nothing to attack. Check those images, or '
+        'config.model.')
 
   result = attack_lib.reconstruct(
       attack, params, grads, y, jax.random.PRNGKey(config.seed),
@@ -308,20 +430,19 @@ def run(config, workdir: str) -> dict[str, Any]:
   records = []
   perms = []
   for t in range(num_targets):
-    m = matching.matched_metrics(result.x[t], x[t], result.labels[t], y[t])
-    perms.append(m.matched_to)
+    perm, scores, label_correct, failed = score_target(
+        result.x[t], x[t], result.labels[t], y[t])
+    perms.append(perm)
     success_step = int(result.success_step[t])
     for k in range(batch):
       i = t * batch + k
-      slot = int(m.matched_to[k])
+      slot = int(perm[k])
       records.append({
           'index': int(ds.index[i]),
           'label': int(ds.y[i]),
           'predicted_label': int(result.labels[t, slot]),
-          'label_correct': bool(m.label_correct[k]),
-          'mse': float(m.mse[k]),
-          'psnr': float(m.psnr[k]),
-          'ssim': float(m.ssim[k]),
+          'label_correct': bool(label_correct[k]),
+          **{name: scores[name][k] for name in IMAGE_METRICS},
           'batch': t,
           'matched_to': slot,
           'seconds': float(result.seconds[t]),
@@ -335,11 +456,13 @@ def run(config, workdir: str) -> dict[str, Any]:
               float(result.seconds[t] * success_step / result.steps[t])
               if success_step >= 0 else None),
       })
+      if failed[k]:
+        records[-1]['metric_errors'] = failed[k]
       logging.info(
-          'batch %d image %d (index %d, slot %d): PSNR %.2f dB, SSIM %.3f, '
+          'batch %d image %d (index %d, slot %d): PSNR %s dB, SSIM %s, '
           'label %s, %d steps, %.2f s', t, k, ds.index[i], slot,
-          m.psnr[k], m.ssim[k],
-          'correct' if m.label_correct[k] else 'WRONG', result.steps[t],
+          _fmt(scores['psnr'][k], '.2f'), _fmt(scores['ssim'][k], '.3f'),
+          'correct' if label_correct[k] else 'WRONG', result.steps[t],
           result.seconds[t])
   results = {'records': records,
              'summary': summarize(records, config.success_psnr,
@@ -365,11 +488,24 @@ def run(config, workdir: str) -> dict[str, Any]:
   return results
 
 
+def _stat(fn, values) -> float | None:
+  """`fn` of the values that are not None (a failed metric); None if none."""
+  values = [v for v in values if v is not None]
+  return fn(values) if values else None
+
+
 def summarize(records: list[dict[str, Any]], success_psnr: float,
               compile_seconds: float) -> dict[str, Any]:
-  """Aggregates per-image records (and, for batches, per batch)."""
-  successes = [r for r in records
-               if r['psnr'] >= success_psnr and r['label_correct']]
+  """Aggregates per-image records (and, for batches, per batch).
+
+  A metric that failed on a record (None) is left out of its means; such a
+  record is not a success.
+  """
+  def success(r):
+    return (r['psnr'] is not None and r['psnr'] >= success_psnr
+            and r['label_correct'])
+
+  successes = [r for r in records if success(r)]
   batches = {}
   for r in records:
     batches.setdefault(r.get('batch', len(batches)), []).append(r)
@@ -381,9 +517,9 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
       'successes': len(successes),
       'success_rate': len(successes) / len(records),
       'label_accuracy': statistics.mean(r['label_correct'] for r in records),
-      'mean_psnr': statistics.mean(r['psnr'] for r in records),
-      'median_psnr': statistics.median(r['psnr'] for r in records),
-      'mean_ssim': statistics.mean(r['ssim'] for r in records),
+      'mean_psnr': _stat(statistics.mean, [r['psnr'] for r in records]),
+      'median_psnr': _stat(statistics.median, [r['psnr'] for r in records]),
+      'mean_ssim': _stat(statistics.mean, [r['ssim'] for r in records]),
       'median_seconds': statistics.median(r['seconds'] for r in records),
       'median_seconds_to_success': (
           statistics.median(to_success) if to_success else None),
@@ -392,8 +528,7 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
       # A batch succeeds when every original, paired by the best matching,
       # is at success_psnr with its label right.
       'batch_success_rate': statistics.mean(
-          all(r['psnr'] >= success_psnr and r['label_correct'] for r in b)
-          for b in batches.values()),
+          all(success(r) for r in b) for b in batches.values()),
   }
 
 
@@ -405,4 +540,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(errors.report_config_errors(main))

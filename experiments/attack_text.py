@@ -25,13 +25,14 @@ from ml_collections import config_flags
 import numpy as np
 
 from dlg_jax import bert
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import text
 from dlg_jax import text_attack
 
 
 def _fail(key: str, message: str, cause: Exception | None = None):
-  raise ValueError(f'config.{key}: {message}') from cause
+  raise errors.ConfigError(f'config.{key}: {message}') from cause
 
 
 def _choice(config, key: str, options) -> None:
@@ -49,7 +50,7 @@ def prepare(config: ml_collections.ConfigDict):
     `(model_config, params, tokenizer, sentences, ids)`.
 
   Raises:
-    ValueError: naming the config key at fault.
+    ConfigError: naming the config key at fault.
   """
   try:
     model_config = bert.get_config(config.model.size)
@@ -112,7 +113,7 @@ def prepare(config: ml_collections.ConfigDict):
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Attacks every configured sentence; writes the log and JSON files."""
   model_config, params, tokenizer, sentences, all_ids = prepare(config)
-  os.makedirs(workdir, exist_ok=True)
+  errors.under('--workdir', os.makedirs, workdir, exist_ok=True)
   figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
   mask_id = text.special_ids(tokenizer)[text.MASK]
   logging.info('BERT %s (%d parameters, weights: %s), %d sentences.',
@@ -189,4 +190,4 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Config file.')
   flags.DEFINE_string('workdir', None, 'Output directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(errors.report_config_errors(main))

@@ -35,6 +35,7 @@ import numpy as np
 
 from dlg_jax import client
 from dlg_jax import data
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import labels
 from dlg_jax import models
@@ -130,8 +131,12 @@ def label_study(sources: dict[str, int], batch_sizes, *, model_seed: int,
     'count_margin': largest |real count - true count|}}}`.
   """
   out: dict[str, Any] = {}
+  # Every set is read before anything is compiled, so a bad name stops the
+  # study at once.
+  loaded = {source: errors.under('config.study.label_sets', data.load_dataset,
+                                 source) for source in sources}
   for source, num_classes in sources.items():
-    ds = data.load_dataset(source)
+    ds = loaded[source]
     model = models.get_model('lenet', num_classes=num_classes)
     params = models.init_params(model, jax.random.PRNGKey(model_seed),
                                 ds.x.shape[1:])
@@ -193,12 +198,12 @@ def label_overlap(predicted, true) -> int:
 def _check_comparison(config) -> None:
   """Errors naming the key, before any work."""
   if config.client.local_steps != 1:
-    raise ValueError(
+    raise errors.ConfigError(
         'config.study.joint_steps > 0 compares labels read off a gradient; '
         'set config.client.local_steps=1 or config.study.joint_steps=0.')
   for b in config.study.batch_sizes:
     if config.study.joint_count % b:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.study.joint_count ({config.study.joint_count}) must be a '
           f'multiple of every batch size in config.study.batch_sizes, not of '
           f'{b}.')
@@ -281,15 +286,20 @@ def run(config, workdir: str) -> dict[int, dict[str, Any]]:
   """Runs the study and writes its outputs; returns the rows by batch size."""
   attack_launcher.check_workdir(workdir)
   sizes = tuple(config.study.batch_sizes)
+  # The same targets as experiments.attack: config.data.count, or its
+  # default when unset.
+  count = attack_launcher.target_count(
+      config, len(attack_launcher.load_data(config).x))
   for b in sizes:
-    if b < 1 or config.data.count % b:
-      raise ValueError(
+    if b < 1 or count % b:
+      raise errors.ConfigError(
           f'config.study.batch_sizes: {b} does not divide config.data.count '
-          f'({config.data.count}).')
+          f'({count}).')
   if config.study.joint_steps:
     _check_comparison(config)
   if config.study.label_sets:
-    sources = dict(config.study.label_sets)
+    sources = errors.under('config.study.label_sets', dict,
+                           config.study.label_sets)
     study = label_study(
         sources, range(1, config.study.label_max_batch + 1),
         model_seed=config.model.init_seed,
@@ -347,4 +357,4 @@ def main(argv):
 
 if __name__ == '__main__':
   attack_launcher.define_flags()
-  app.run(main)
+  app.run(errors.report_config_errors(main))

@@ -32,6 +32,7 @@ import numpy as np
 from dlg_jax import attack as attack_lib
 from dlg_jax import client
 from dlg_jax import data
+from dlg_jax import errors
 from dlg_jax import models
 
 _OUT = flags.DEFINE_string('out', 'runs/benchmark.json', 'JSON output path.')
@@ -44,6 +45,23 @@ _BUDGET = flags.DEFINE_integer(
 _STEPS = flags.DEFINE_integer(
     'steps', 6000, 'Most steps per target in the time-to-success runs.')
 _MODEL = flags.DEFINE_string('model', 'lenet', 'Model name.')
+
+
+def _check_flags() -> list[int]:
+  """The flags checked before any work; returns the `--parallel` counts."""
+  for flag in (_COUNT, _BUDGET, _STEPS):
+    if flag.value < 1:
+      raise errors.ConfigError(
+          f'--{flag.name} must be >= 1, got {flag.value}.')
+  errors.under('--model', models.get_model, _MODEL.value, num_classes=100)
+  try:
+    counts = [int(n) for n in _PARALLEL.value]
+  except ValueError:
+    counts = []
+  if not all(n >= 1 for n in counts) or len(counts) != len(_PARALLEL.value):
+    raise errors.ConfigError(
+        f'--parallel must be target counts >= 1, got {_PARALLEL.value}.')
+  return counts
 
 
 def _setup(n: int):
@@ -123,6 +141,7 @@ def parallel(apply_fn, params, count: int):
 
 def main(argv):
   del argv
+  counts = _check_flags()
   apply_fn, params, x, y, grads = _setup(_COUNT.value)
   results = {
       'device': str(jax.devices()[0].device_kind),
@@ -144,8 +163,7 @@ def main(argv):
   results['median_seconds_to_success'] = statistics.median(ok) if ok else None
   results['median_steps_to_success'] = statistics.median(
       r['success_step'] for r in tts if r['success_step'] >= 0) if ok else None
-  results['parallel'] = [parallel(apply_fn, params, int(n))
-                         for n in _PARALLEL.value]
+  results['parallel'] = [parallel(apply_fn, params, n) for n in counts]
   results['peak_host_memory_mb'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
   stats = jax.devices()[0].memory_stats() or {}
@@ -160,4 +178,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(errors.report_config_errors(main))

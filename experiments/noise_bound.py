@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import defenses as defenses_config
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import identifiability
 from experiments import attack as attack_launcher
@@ -82,13 +83,15 @@ def _indices(name: str, values: Sequence[Any], count: int) -> list[int]:
   try:
     out = [int(v) for v in values]
   except (TypeError, ValueError):
-    raise ValueError(f'{name} must be integers, got {list(values)}.') from None
+    raise errors.ConfigError(
+        f'{name} must be integers, got {list(values)}.') from None
   bad = [i for i in out if not 0 <= i < count]
   if bad:
-    raise ValueError(f'{name}: no bundled CIFAR-100 image {bad}; there are '
-                     f'{count} (0 to {count - 1}).')
+    raise errors.ConfigError(
+        f'{name}: no bundled CIFAR-100 image {bad}; there are {count} (0 to '
+        f'{count - 1}).')
   if len(set(out)) != len(out):
-    raise ValueError(f'{name} has repeats: {out}.')
+    raise errors.ConfigError(f'{name} has repeats: {out}.')
   return out
 
 
@@ -96,10 +99,10 @@ def _variances(values: Sequence[Any]) -> list[float]:
   try:
     out = [float(v) for v in values]
   except (TypeError, ValueError):
-    raise ValueError(f'--variances must be numbers, got {list(values)}.'
-                     ) from None
+    raise errors.ConfigError(
+        f'--variances must be numbers, got {list(values)}.') from None
   if not out or not all(np.isfinite(v) and v > 0 for v in out):
-    raise ValueError(
+    raise errors.ConfigError(
         f'--variances must be finite and > 0 (at least one), got {out}.')
   return out
 
@@ -125,19 +128,21 @@ def run(images: Sequence[Any], variances: Sequence[Any],
   config = defenses_config.get_config()
   ds = attack_launcher.load_data(config)
   if not images:
-    raise ValueError('--images must name at least one image.')
+    raise errors.ConfigError('--images must name at least one image.')
   images = _indices('--images', images, len(ds.x))
   variances = _variances(variances)
   prior_images = (
       _indices('--prior_images', prior_images, len(ds.x)) if prior_images
       else [i for i in range(len(ds.x)) if i not in images])
   if set(prior_images) & set(images):
-    raise ValueError(f'--prior_images {prior_images} must not include the '
-                     f'analysed --images {images}.')
+    raise errors.ConfigError(
+        f'--prior_images {prior_images} must not include the analysed '
+        f'--images {images}.')
   if not prior_images:
-    raise ValueError('--prior_images: no images are left to fit the prior.')
+    raise errors.ConfigError(
+        '--prior_images: no images are left to fit the prior.')
   if chunk_size < 1:
-    raise ValueError(f'--chunk_size must be >= 1, got {chunk_size}.')
+    raise errors.ConfigError(f'--chunk_size must be >= 1, got {chunk_size}.')
   # Float64 throughout: the analysis hinges on eigenvalues 8 orders of
   # magnitude below the largest. A context, so that callers (tests) keep
   # their own setting.
@@ -234,4 +239,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(errors.report_config_errors(main))

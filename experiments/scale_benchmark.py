@@ -34,6 +34,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dlg_jax import errors
+
 _OUT = flags.DEFINE_string('out', 'runs/scale_benchmark.json',
                            'JSON output path.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4', '8'],
@@ -57,6 +59,31 @@ _PEAK_FLOPS = flags.DEFINE_float('peak_flops', 67e12,
 _BANDWIDTH = flags.DEFINE_float('bandwidth', 3.35e12,
                                 'Accelerator memory bandwidth, bytes/s.')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: JSON of one run.')
+
+
+def _counts(flag, minimum: int) -> list[int]:
+  """A list flag of ints >= `minimum` (empty entries dropped)."""
+  try:
+    counts = [int(v) for v in flag.value if v]
+  except ValueError:
+    counts = None
+  if counts is None or any(n < minimum for n in counts):
+    raise errors.ConfigError(
+        f'--{flag.name} must be integers >= {minimum}, got {flag.value}.')
+  return counts
+
+
+def _check_flags() -> tuple[list[int], list[int]]:
+  """Flags checked before any run; returns the device and job counts."""
+  for flag, minimum in ((_TARGETS, 1), (_STEPS, 1), (_JOBS_PER_DEVICE, 0),
+                        (_STEPS_TO_SUCCESS, 1)):
+    if flag.value < minimum:
+      raise errors.ConfigError(
+          f'--{flag.name} must be >= {minimum}, got {flag.value}.')
+  for flag in (_PEAK_FLOPS, _BANDWIDTH):
+    if not flag.value > 0:
+      raise errors.ConfigError(f'--{flag.name} must be > 0, got {flag.value}.')
+  return _counts(_DEVICES, 1), _counts(_STREAM, 1)
 
 
 def _child(spec: dict) -> dict:
@@ -149,14 +176,15 @@ def main(argv):
     with open(_OUT.value, 'w') as f:
       json.dump(result, f)
     return
+  devices, stream = _check_flags()
   out = {'devices': [], 'streaming': []}
-  for n in (int(d) for d in _DEVICES.value if d):
+  for n in devices:
     per = _JOBS_PER_DEVICE.value or -(-_TARGETS.value // n)
     out['devices'].append(_spawn({'devices': n, 'targets': _TARGETS.value,
                                   'steps': _STEPS.value,
                                   'jobs_per_device': per}))
     logging.info('%s', out['devices'][-1])
-  for t in (int(c) for c in _STREAM.value if c):
+  for t in stream:
     out['streaming'].append(_spawn({'devices': 0, 'targets': t, 'steps': 5,
                                     'jobs_per_device': 0}))
     logging.info('%s', out['streaming'][-1])
@@ -168,4 +196,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(errors.report_config_errors(main))

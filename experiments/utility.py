@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import utility
 from experiments import attack as attack_launcher
@@ -30,7 +31,7 @@ def check_utility(config) -> list[tuple[str, tuple[float, ...]]]:
   grid = attack_launcher.defense_grid('utility', cfg.defenses, cfg.strengths,
                                       utility.check_defense)
   if not config.seeds:
-    raise ValueError('config.seeds must name at least one seed.')
+    raise errors.ConfigError('config.seeds must name at least one seed.')
   return grid
 
 
@@ -67,7 +68,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   grid = check_utility(config)
   attack_launcher.check_workdir(workdir)
   ds = attack_launcher.load_data(config)
-  data_split = attack_launcher._under(  # pylint: disable=protected-access
+  data_split = errors.under(
       'config.data.num_test', utility.split, ds.x, ds.y,
       num_test=config.data.num_test)
   seeds = tuple(int(s) for s in config.seeds)
@@ -89,7 +90,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   start = time.perf_counter()
   for name, strengths in grid:
     t = time.perf_counter()
-    acc = attack_launcher._under(  # pylint: disable=protected-access
+    acc = errors.under(
         'config', utility.accuracy_grid, name, strengths, data_split,
         **train_kwargs)
     seconds[name] = time.perf_counter() - t
@@ -152,4 +153,4 @@ def main(argv):
 
 if __name__ == '__main__':
   attack_launcher.define_flags()
-  app.run(main)
+  app.run(errors.report_config_errors(main))

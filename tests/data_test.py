@@ -159,6 +159,61 @@ class NpzTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, message):
       data.load_npz(path)
 
+  def _good_npz_bytes(self, compressed=False):
+    path = os.path.join(self.tmp, 'good.npz')
+    save = np.savez_compressed if compressed else np.savez
+    ds = data.load_bundled('cifar100')
+    save(path, x=np.round(ds.x[:2] * 255).astype(np.uint8), y=ds.y[:2])
+    with open(path, 'rb') as f:
+      return f.read()
+
+  def _damaged(self, name):
+    """The bytes of a file that is not a readable npz archive."""
+    if name == 'empty':
+      return b''
+    if name == 'text':
+      return b'x,y\n0,1\nnot an archive\n'
+    if name == 'npy':
+      path = os.path.join(self.tmp, 'one.npy')
+      np.save(path, np.zeros((2, 4, 4), np.uint8))
+      with open(path, 'rb') as f:
+        return f.read()
+    if name == 'truncated':
+      good = self._good_npz_bytes()
+      return good[:len(good) // 2]
+    # A flipped run of bytes inside a (compressed) member: the archive
+    # opens but the member's CRC (or inflation) fails.
+    good = bytearray(self._good_npz_bytes(compressed=name == 'corrupt_deflate'))
+    good[200:240] = bytes(255 - b for b in good[200:240])
+    return bytes(good)
+
+  @parameterized.named_parameters(
+      ('empty', 'empty', 'is empty'),
+      ('text', 'text', 'not an npz archive.*no zip header'),
+      ('npy', 'npy', r'one \.npy array, not an npz archive'),
+      ('truncated', 'truncated', 'not an npz archive.*truncated'),
+      ('corrupt', 'corrupt', 'cannot be read.*damaged'),
+      ('corrupt_deflate', 'corrupt_deflate', 'cannot be read.*damaged'),
+  )
+  def test_not_an_npz_archive(self, name, message):
+    path = os.path.join(self.tmp, f'{name}.npz')
+    with open(path, 'wb') as f:
+      f.write(self._damaged(name))
+    with self.assertRaisesRegex(ValueError, message) as cm:
+      data.load_npz(path)
+    self.assertIn(repr(path), str(cm.exception))
+    # A user's file is never to be unpickled, nor is that ever advised.
+    self.assertNotIn('pickle', str(cm.exception).lower())
+
+  def test_object_array_is_refused_without_unpickling(self):
+    path = os.path.join(self.tmp, 'objects.npz')
+    np.savez(path, x=np.array([{'a': 1}, None], dtype=object),
+             y=np.zeros(2, np.int64))
+    with self.assertRaisesRegex(ValueError, "array 'x' in .*Python objects"
+                                ) as cm:
+      data.load_npz(path)
+    self.assertNotIn('pickle', str(cm.exception).lower())
+
 
 class ImageFilesTest(absltest.TestCase):
 

@@ -1,16 +1,40 @@
-"""End-to-end tests of the vision launcher, experiments/attack.py."""
+"""End-to-end tests of the vision launcher, experiments/attack.py.
+
+Also the text launcher's refusal of unreadable npz files, which shares the
+vision loader's checks.
+"""
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import numpy as np
 
+from configs import bert as bert_config
 from configs import cifar100 as cifar100_config
 from configs import mnist as mnist_config
+from dlg_jax import data
+from dlg_jax import errors
+from dlg_jax import metrics
 from experiments import attack as attack_launcher
+from experiments import attack_text
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def setUpModule():
+  # Tiny models: compile time dominates.
+  jax.config.update('jax_disable_most_optimizations', True)
+
+
+def tearDownModule():
+  jax.config.update('jax_disable_most_optimizations', False)
 
 
 def _override(config, overrides):
@@ -18,6 +42,25 @@ def _override(config, overrides):
     section, name = key.split('.')
     config[section][name] = value
   return config
+
+
+def _small_cifar_npz(path, size, n=2):
+  """The first `n` bundled CIFAR-100 test images, averaged down to `size`.
+
+  Real pixels: the central 28x28 (or 32x32) of each image in blocks.
+  """
+  ds = data.load_bundled('cifar100')
+  block = 28 // size if 28 % size == 0 else 32 // size
+  lo = (32 - block * size) // 2
+  crop = ds.x[:n, lo:lo + block * size, lo:lo + block * size]
+  x = crop.reshape(n, size, block, size, block, 3).mean(axis=(2, 4))
+  np.savez(path, x=np.round(x * 255).astype(np.uint8), y=ds.y[:n])
+  return path
+
+
+def _written(workdir):
+  return sorted(set(os.listdir(workdir)) & {'results.json', 'config.json'}
+                ) if os.path.isdir(workdir) else []
 
 
 class QuickRunTest(absltest.TestCase):
@@ -62,6 +105,96 @@ class QuickRunTest(absltest.TestCase):
                      [int(v) for v in src['y'][5:7]])
 
 
+class SmallImagesTest(absltest.TestCase):
+  """7x7 images, and records whose scoring fails, still give results.json."""
+
+  def _config(self, npz):
+    return _override(cifar100_config.get_config('quick'), {
+        'data.npz': npz, 'data.count': None, 'attack.num_steps': 20,
+        'attack.chunk_size': 20, 'attack.snapshot_steps': (0,)})
+
+  def test_7x7_npz_without_count_attacks_every_image_with_ssim(self):
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+    npz = _small_cifar_npz(os.path.join(workdir, 'small.npz'), 7)
+    results = attack_launcher.run(self._config(npz),
+                                  os.path.join(workdir, 'out'))
+    with open(os.path.join(workdir, 'out', 'results.json')) as f:
+      written = json.load(f)
+    self.assertEqual(written, json.loads(json.dumps(results)))
+    # Count unset: every image of the npz (a default of 10 would be refused
+    # for these 2).
+    self.assertEqual([r['index'] for r in written['records']], [0, 1])
+    for r in written['records']:
+      self.assertIsInstance(r['ssim'], float)
+      self.assertTrue(-1.0 <= r['ssim'] <= 1.0)
+      self.assertNotIn('metric_errors', r)
+    self.assertIsInstance(written['summary']['mean_ssim'], float)
+    with open(os.path.join(workdir, 'out', 'config.json')) as f:
+      self.assertIsNone(json.load(f)['data']['count'])
+
+  def test_a_failing_metric_is_null_and_the_rest_is_written(self):
+    workdir = self.enter_context(tempfile.TemporaryDirectory())
+    npz = _small_cifar_npz(os.path.join(workdir, 'small.npz'), 7)
+    with np.load(npz) as f:
+      second = f['x'][1].astype(np.float32) / 255
+    real_ssim = metrics.ssim
+
+    def flaky_ssim(x, ref, max_val=1.0):
+      # Fails on the batched scoring and then on the second image only.
+      if isinstance(ref, jax.core.Tracer) or np.array_equal(
+          np.asarray(ref), second):
+        raise ValueError('ssim broke')
+      return real_ssim(x, ref, max_val)
+
+    with mock.patch.object(metrics, 'ssim', flaky_ssim), self.assertLogs(
+        level='WARNING') as logs:
+      results = attack_launcher.run(self._config(npz),
+                                    os.path.join(workdir, 'out'))
+    self.assertTrue(any('ssim' in line and 'null' in line
+                        for line in logs.output), logs.output)
+    with open(os.path.join(workdir, 'out', 'results.json')) as f:
+      written = json.load(f)
+    self.assertEqual(written, json.loads(json.dumps(results)))
+    first, failed = written['records']
+    self.assertIsInstance(first['ssim'], float)
+    self.assertNotIn('metric_errors', first)
+    self.assertIsNone(failed['ssim'])
+    self.assertEqual(failed['metric_errors'],
+                     {'ssim': 'ValueError: ssim broke'})
+    for r in (first, failed):
+      self.assertIsInstance(r['psnr'], float)
+      self.assertIsInstance(r['mse'], float)
+    self.assertEqual(written['summary']['mean_ssim'], first['ssim'])
+    self.assertTrue(os.path.exists(
+        os.path.join(workdir, 'out', 'reconstruction.png')))
+
+
+class CountTest(absltest.TestCase):
+  """`config.data.count` unset: all of an npz, the first 10 bundled."""
+
+  def test_unset_count(self):
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    config = cifar100_config.get_config()
+    self.assertIsNone(config.data.count)
+    # The README's command: the first 10 of the 20 bundled images.
+    self.assertEqual(attack_launcher.target_count(
+        config, len(attack_launcher.load_data(config).x)), 10)
+    # A user's npz of 2 images: both.
+    config.data.npz = _small_cifar_npz(os.path.join(tmp, 'two.npz'), 16)
+    ds, _, _ = attack_launcher.build(config, attack_launcher.load_data(config))
+    self.assertEqual(ds.x.shape, (2, 16, 16, 3))
+
+  def test_explicit_count_is_checked_against_the_npz(self):
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    config = cifar100_config.get_config()
+    config.data.npz = _small_cifar_npz(os.path.join(tmp, 'two.npz'), 16)
+    config.data.count = 3
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'config\.data\.count must be in \[1, 2\]'):
+      attack_launcher.run(config, os.path.join(tmp, 'out'))
+    self.assertEqual(_written(os.path.join(tmp, 'out')), [])
+
+
 class BadInputTest(parameterized.TestCase):
 
   def _npz(self, **arrays):
@@ -93,6 +226,73 @@ class BadInputTest(parameterized.TestCase):
     with self.assertRaisesRegex(Exception, message):
       attack_launcher.run(config, workdir)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'results.json')))
+
+  @parameterized.named_parameters(
+      ('empty', 'empty'), ('text', 'text'), ('truncated_zip', 'truncated'),
+      ('damaged_zip', 'damaged'))
+  def test_unreadable_npz_names_the_key_and_never_pickle(self, kind):
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    npz = os.path.join(tmp, 'data.npz')
+    if kind in ('truncated', 'damaged'):
+      _small_cifar_npz(npz, 16)
+      with open(npz, 'rb') as f:
+        good = bytearray(f.read())
+      if kind == 'truncated':
+        content = bytes(good[:len(good) // 2])
+      else:
+        good[300:340] = bytes(255 - b for b in good[300:340])
+        content = bytes(good)
+    else:
+      content = b'' if kind == 'empty' else b'images,labels\n1,2\n'
+    with open(npz, 'wb') as f:
+      f.write(content)
+    workdir = os.path.join(tmp, 'out')
+    config = _override(cifar100_config.get_config('quick'), {'data.npz': npz})
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'^config\.data\.npz: .*data\.npz') as cm:
+      attack_launcher.run(config, workdir)
+    self.assertNotIn('pickle', str(cm.exception).lower())
+    self.assertEqual(_written(workdir), [])
+
+  @parameterized.parameters('npz', 'vocab')
+  def test_text_launcher_unreadable_npz_names_the_key(self, key):
+    npz = os.path.join(self.enter_context(tempfile.TemporaryDirectory()),
+                       'empty.npz')
+    open(npz, 'wb').close()
+    config = bert_config.get_config('quick')
+    config.data[key] = npz
+    with self.assertRaisesRegex(errors.ConfigError,
+                                rf'^config\.data\.{key}: .*empty') as cm:
+      attack_text.prepare(config)
+    self.assertNotIn('pickle', str(cm.exception).lower())
+
+  def test_images_too_small_for_ssim_fail_before_compiling(self):
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    config = _override(cifar100_config.get_config('quick'), {
+        'data.npz': _small_cifar_npz(os.path.join(tmp, 'tiny.npz'), 2)})
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'config\.data\.npz: .*at least 3x3.*2x2'):
+      attack_launcher.run(config, os.path.join(tmp, 'out'))
+    # config.json is written after the checks, before anything compiles.
+    self.assertEqual(_written(os.path.join(tmp, 'out')), [])
+
+  def test_command_line_user_error_is_one_line(self):
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    empty = os.path.join(tmp, 'EMPTY.npz')
+    open(empty, 'wb').close()
+    workdir = os.path.join(tmp, 'out')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.attack',
+         '--config=configs/cifar100.py', f'--workdir={workdir}',
+         f'--config.data.npz={empty}'],
+        cwd=_REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertNotIn('Traceback', proc.stderr)
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    self.assertIn('config.data.npz', last)
+    self.assertIn('EMPTY.npz', last)
+    self.assertFalse(os.path.isdir(workdir) and os.listdir(workdir))
 
   def test_npz_missing_labels(self):
     npz = self._npz(x=np.zeros((2, 8, 8, 3), np.uint8))

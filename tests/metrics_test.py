@@ -7,25 +7,27 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from dlg_jax import data
 from dlg_jax import metrics
 
 
-def _reference_ssim(x, ref, max_val=1.0):
+def _reference_ssim(x, ref, max_val=1.0, radius=5):
   """Independent SSIM (Wang et al. 2004) with scipy, as skimage computes it.
 
-  Gaussian weights via `ndimage.gaussian_filter` (sigma 1.5, truncate 3.5,
-  so radius 5: an 11x11 window), population moments, then only the pixels
-  whose window lies inside the image (skimage's crop), averaged over pixels
-  and channels.
+  Gaussian weights via `ndimage.gaussian_filter` (sigma 1.5, truncated at
+  `radius`: 5, skimage's truncate 3.5, is an 11x11 window), population
+  moments, then only the pixels whose window lies inside the image
+  (skimage's crop), averaged over pixels and channels.
   """
   x = np.asarray(x, np.float64)
   ref = np.asarray(ref, np.float64)
   c1 = (0.01 * max_val) ** 2
   c2 = (0.03 * max_val) ** 2
-  pad = 5
+  pad = radius
 
   def blur(a):
-    return ndimage.gaussian_filter(a, sigma=1.5, truncate=3.5)
+    # scipy's radius is int(truncate * sigma + 0.5).
+    return ndimage.gaussian_filter(a, sigma=1.5, truncate=radius / 1.5)
 
   maps = []
   for ch in range(x.shape[-1]):
@@ -36,8 +38,43 @@ def _reference_ssim(x, ref, max_val=1.0):
     vab = blur(a * b) - ua * ub
     s = ((2 * ua * ub + c1) * (2 * vab + c2)) / (
         (ua ** 2 + ub ** 2 + c1) * (vaa + vbb + c2))
-    maps.append(s[pad:-pad, pad:-pad])
+    maps.append(s[pad:s.shape[0] - pad, pad:s.shape[1] - pad])
   return float(np.mean(maps))
+
+
+def _ssim_before_small_windows(x, ref, max_val=1.0):
+  """`metrics.ssim` as it was before small images got smaller windows.
+
+  A verbatim copy of the fixed 11x11 implementation, to pin that images of
+  11x11 and more give exactly the numbers they gave.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  ref = jnp.asarray(ref, jnp.float32)
+  t = jnp.arange(11, dtype=jnp.float32) - 5.0
+  g = jnp.exp(-0.5 * jnp.square(t / 1.5))
+  g = g / jnp.sum(g)
+  window = jnp.outer(g, g)
+
+  def filt(img):
+    c = img.shape[-1]
+    kernel = jnp.tile(window[:, :, None, None], (1, 1, 1, c))
+    return jax.lax.conv_general_dilated(
+        img[None], kernel, window_strides=(1, 1), padding='VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST)[0]
+
+  c1 = jnp.square(0.01 * jnp.float32(max_val))
+  c2 = jnp.square(0.03 * jnp.float32(max_val))
+  mu_x, mu_r = filt(x), filt(ref)
+  xc = x - jnp.mean(x, axis=(0, 1), keepdims=True)
+  rc = ref - jnp.mean(ref, axis=(0, 1), keepdims=True)
+  mu_xc, mu_rc = filt(xc), filt(rc)
+  var_x = filt(xc * xc) - mu_xc * mu_xc
+  var_r = filt(rc * rc) - mu_rc * mu_rc
+  cov = filt(xc * rc) - mu_xc * mu_rc
+  num = (2.0 * mu_x * mu_r + c1) * (2.0 * cov + c2)
+  den = (mu_x * mu_x + mu_r * mu_r + c1) * (var_x + var_r + c2)
+  return jnp.mean(num / den)
 
 
 class MetricsTest(parameterized.TestCase):
@@ -101,9 +138,55 @@ class MetricsTest(parameterized.TestCase):
                            _reference_ssim(255 * x, 255 * ref, 255.0),
                            places=4)
 
-  def test_ssim_too_small(self):
-    with self.assertRaisesRegex(ValueError, '11x11'):
-      metrics.ssim(np.zeros((8, 8, 1)), np.zeros((8, 8, 1)))
+  @parameterized.parameters((11, 11, 1), (16, 16, 3), (32, 32, 3),
+                            (28, 20, 3), (11, 40, 2))
+  def test_ssim_from_11x11_unchanged(self, h, w, c):
+    x = self.rng.random((h, w, c)).astype(np.float32)
+    noisy = np.clip(x + 0.2 * self.rng.standard_normal(x.shape),
+                    0, 1).astype(np.float32)
+    self.assertEqual(metrics.ssim_window(h, w), 11)
+    for ref in (noisy, self.rng.random((h, w, c)).astype(np.float32)):
+      np.testing.assert_array_equal(metrics.ssim(x, ref),
+                                    _ssim_before_small_windows(x, ref))
+      np.testing.assert_array_equal(
+          metrics.ssim(255 * x, 255 * ref, 255.0),
+          _ssim_before_small_windows(255 * x, 255 * ref, 255.0))
+
+  @parameterized.parameters(((11, 11), 11), ((32, 32), 11), ((10, 10), 9),
+                            ((9, 30), 9), ((8, 8), 7), ((7, 7), 7),
+                            ((12, 6), 5), ((4, 4), 3), ((3, 3), 3))
+  def test_ssim_window(self, shape, window):
+    self.assertEqual(metrics.ssim_window(*shape), window)
+
+  @parameterized.parameters((7, 7, 3), (8, 8, 1), (10, 9, 3), (5, 12, 2),
+                            (3, 3, 1))
+  def test_small_images_match_scipy_with_the_window_that_fits(self, h, w, c):
+    radius = (metrics.ssim_window(h, w) - 1) // 2
+    x = self.rng.random((h, w, c)).astype(np.float32)
+    noisy = np.clip(x + 0.2 * self.rng.standard_normal(x.shape), 0, 1)
+    for ref in (noisy.astype(np.float32),
+                self.rng.random((h, w, c)).astype(np.float32)):
+      self.assertAlmostEqual(float(metrics.ssim(x, ref)),
+                             _reference_ssim(x, ref, radius=radius), places=4)
+
+  def test_ssim_of_real_7x7_images(self):
+    # CIFAR-100 test images cut to 7x7: the same crop scores 1, another
+    # image less.
+    images = data.load_bundled('cifar100').x[:2, 12:19, 12:19]
+    self.assertEqual(images.shape, (2, 7, 7, 3))
+    self.assertAlmostEqual(float(metrics.ssim(images[0], images[0])), 1.0,
+                           places=5)
+    other = float(metrics.ssim(images[1], images[0]))
+    self.assertLess(other, 0.9)
+    self.assertAlmostEqual(other, _reference_ssim(images[1], images[0],
+                                                  radius=3), places=4)
+
+  @parameterized.parameters((2, 2), (2, 30), (30, 1))
+  def test_ssim_too_small(self, h, w):
+    with self.assertRaisesRegex(ValueError, rf'at least 3x3.*{h}x{w}'):
+      metrics.ssim(np.zeros((h, w, 1)), np.zeros((h, w, 1)))
+    with self.assertRaisesRegex(ValueError, 'at least 3x3'):
+      metrics.ssim_window(h, w)
 
   @parameterized.parameters(metrics.mse, metrics.psnr, metrics.ssim)
   def test_shape_mismatch(self, fn):

@@ -1,0 +1,73 @@
+"""User errors: a bad config value, flag, file or input, named in one line.
+
+A launcher validates everything it was given before it compiles anything.
+What it finds wrong is the user's to fix, so it is reported as one line that
+names the key (`config.data.npz: ...`, `--workdir ...`) and the process
+exits non-zero; a traceback is kept for what is not the user's doing (a bug).
+
+`ConfigError` is a `ValueError`, so library callers that catch `ValueError`
+keep working; launchers raise it (directly or through `under`) and wrap
+their `main` in `report_config_errors`.
+
+Example:
+
+  >>> from dlg_jax import data, errors
+  >>> ds = errors.under('config.data.npz', data.load_npz, 'missing.npz')
+  Traceback (most recent call last):
+  ...
+  ConfigError: config.data.npz: ... missing.npz ...
+"""
+
+from collections.abc import Callable
+import functools
+import sys
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A bad config value, flag, file or input; the message names it."""
+
+
+def under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+  """Calls `fn`, turning its ValueError or OSError into a `ConfigError`.
+
+  Args:
+    key: the config key or flag the arguments came from, e.g.
+      `'config.data.npz'`; it prefixes the message.
+    fn: the function that validates or loads the value.
+    *args: positional arguments of `fn`.
+    **kwargs: keyword arguments of `fn`.
+
+  Returns:
+    What `fn` returns.
+
+  Raises:
+    ConfigError: `fn` raised ValueError (including a ConfigError) or OSError
+      (a missing or unreadable file).
+  """
+  try:
+    return fn(*args, **kwargs)
+  except (ValueError, OSError) as e:
+    message = str(e)
+    if isinstance(e, OSError) and e.filename is not None and (
+        str(e.filename) not in message):
+      message = f'{message}: {e.filename}'
+    raise ConfigError(f'{key}: {message}') from None
+
+
+def report_config_errors(main: Callable[[list[str]], Any]
+                         ) -> Callable[[list[str]], Any]:
+  """Wraps an absl `main` so a `ConfigError` is one line on stderr, exit 2.
+
+  Anything else propagates with its traceback: it is a bug, not a bad input.
+  """
+  @functools.wraps(main)
+  def wrapped(argv: list[str]) -> Any:
+    try:
+      return main(argv)
+    except ConfigError as e:
+      prog = (sys.argv[0].rsplit('/', 1)[-1] if sys.argv and sys.argv[0]
+              else 'dlg_jax')
+      print(f'{prog}: error: {e}', file=sys.stderr, flush=True)
+      sys.exit(2)
+  return wrapped
