@@ -245,6 +245,12 @@ def fetch(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def sync_processes(name: str) -> None:
+  """A barrier across the processes of a multi-host run; a no-op alone."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def is_main_process() -> bool:
   """Whether this process writes outputs (process 0)."""
   return jax.process_index() == 0

@@ -23,10 +23,13 @@ first job, whose results are dropped. Every job's keys depend on its
 depend on the chunk size, the device count or interruptions.
 
 With a `workdir`, each finished chunk is appended as one orbax checkpoint
-holding the spec's fingerprint; a rerun with the same spec goes on after
-the last finished chunk (with any chunk size or device count) and a workdir
-of another spec is refused. Host memory holds one chunk at a time plus a
-few numbers per job, so sweeps of many thousands of targets stream through.
+holding the spec's fingerprint and the JSON it hashes; a rerun with the same
+spec goes on after the last finished chunk (with any chunk size or device
+count), and a workdir of another spec is refused, naming the keys that
+differ, before anything is written. A sweep holds the workdir for its run
+(`lock_workdir`), so a second sweep started on it is refused. Host memory
+holds one chunk at a time plus a few numbers per job, so sweeps of many
+thousands of targets stream through.
 
 Example:
 
@@ -40,7 +43,10 @@ References:
 """
 
 from collections.abc import Callable, Sequence
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +62,7 @@ import orbax.checkpoint as ocp
 
 from dlg_jax import attack as attack_lib
 from dlg_jax import defenses as defenses_lib
+from dlg_jax import errors
 from dlg_jax import metrics
 from dlg_jax import parallel
 
@@ -64,6 +71,12 @@ from dlg_jax import parallel
 _DEFENSE_STREAM = 0
 _RESTART_STREAM = 1
 _CHECKPOINT_DIR = 'checkpoints'
+# In the workdir while a sweep runs (and after one was killed): the holder's
+# pid, under `fcntl.flock`.
+LOCK_FILE = 'sweep.lock'
+# Differing keys a refusal lists, at most.
+_MAX_CHANGES = 8
+_MISSING = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +159,7 @@ class SweepResult(NamedTuple):
       chunk's time shared among its jobs).
     compile_seconds: compile time of this run (0 where all was resumed).
     resumed_chunks: chunks loaded from the workdir instead of run.
+    resumed_jobs: jobs those chunks hold (`[0, resumed_jobs)`).
     num_devices: devices the jobs were spread over.
     jobs_per_device: jobs each device ran per chunk.
     compiles: executables compiled (one per defense run, plus a memory
@@ -166,6 +180,7 @@ class SweepResult(NamedTuple):
   seconds: np.ndarray
   compile_seconds: float
   resumed_chunks: int
+  resumed_jobs: int
   num_devices: int
   jobs_per_device: int
   compiles: int
@@ -254,16 +269,10 @@ def _sha(*arrays: Any) -> str:
   return h.hexdigest()
 
 
-def fingerprint(attack: attack_lib.Attack, params: Any, x: ArrayLike,
-                y: ArrayLike, spec: SweepSpec,
-                extra: dict[str, Any] | None = None) -> str:
-  """sha256 of the canonical JSON of everything that decides the results.
-
-  The attack's fields (its `apply_fn` by name only), the spec, and hashes
-  of the parameters and the targets; `extra` (e.g. the launcher's config)
-  covers what those cannot name, such as the model. Chunking and devices
-  are not part of it: they do not change the results.
-  """
+def _fingerprinted(attack: attack_lib.Attack, params: Any, x: ArrayLike,
+                  y: ArrayLike, spec: SweepSpec,
+                  extra: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+  """`fingerprint` and the JSON it hashes, read back as a dict."""
   fields = {f.name: getattr(attack, f.name)
             for f in dataclasses.fields(attack) if f.name != 'apply_fn'}
   canonical = {
@@ -274,7 +283,66 @@ def fingerprint(attack: attack_lib.Attack, params: Any, x: ArrayLike,
       'extra': extra or {},
   }
   text = json.dumps(canonical, sort_keys=True, default=repr)
-  return hashlib.sha256(text.encode()).hexdigest()
+  return hashlib.sha256(text.encode()).hexdigest(), json.loads(text)
+
+
+def fingerprint(attack: attack_lib.Attack, params: Any, x: ArrayLike,
+                y: ArrayLike, spec: SweepSpec,
+                extra: dict[str, Any] | None = None) -> str:
+  """sha256 of the canonical JSON of everything that decides the results.
+
+  The attack's fields (its `apply_fn` by name only), the spec, and hashes
+  of the parameters and the targets; `extra` (e.g. the launcher's config)
+  covers what those cannot name, such as the model. Chunking and devices
+  are not part of it: they do not change the results.
+  """
+  return _fingerprinted(attack, params, x, y, spec, extra)[0]
+
+
+def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+  """`{'a.b': leaf}` of a JSON tree; lists of `[name, value]` by name."""
+  pairs = isinstance(tree, list) and tree and all(
+      isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+      for p in tree)
+  if isinstance(tree, dict) or pairs:
+    # The spec's defenses are such pairs: `spec.defenses.gaussian` reads
+    # better than the whole list.
+    for key, value in (tree.items() if isinstance(tree, dict) else tree):
+      _flatten(value, f'{prefix}.{key}' if prefix else key, out)
+  else:
+    out[prefix] = tree
+  return out
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any], *,
+                 extra_name: str = 'extra') -> list[str]:
+  """The keys in which two fingerprinted specs differ, one line each.
+
+  Args:
+    old: the JSON a workdir's fingerprint hashed (its checkpoints' meta).
+    new: this run's.
+    extra_name: what to call the `extra` section (e.g. `'config'`, where
+      it is a launcher's config).
+
+  Returns:
+    Sorted lines such as `spec.seed: 0 -> 1` (`(none)` where a key is
+    missing on one side).
+  """
+  def name(key):
+    if key == 'extra' or key.startswith('extra.'):
+      return extra_name + key[len('extra'):]
+    return key
+
+  def show(value):
+    if value is _MISSING:
+      return '(none)'
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + '...'
+
+  a, b = _flatten(old, '', {}), _flatten(new, '', {})
+  return sorted(
+      f'{name(k)}: {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}'
+      for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
 
 
 def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
@@ -352,55 +420,124 @@ class _MemoryStore:
     pass
 
 
+_ITEMS = ('job_metrics', 'images', 'meta')
+
+
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+
+
+def _refusal(workdir: str, meta: dict[str, Any], print_: str,
+             spec_json: dict[str, Any], extra_name: str) -> str:
+  """Why a workdir of another sweep is refused, naming what differs."""
+  old = meta.get('fingerprint') or '?'
+  head = (f'{workdir} holds a sweep of a different spec (fingerprint '
+          f'{old[:12]}, this one {print_[:12]})')
+  if 'spec' not in meta:
+    what = '; it predates stored specs, so which keys differ is not known'
+  else:
+    changes = spec_changes(meta['spec'], spec_json, extra_name=extra_name)
+    if len(changes) > _MAX_CHANGES:
+      changes = changes[:_MAX_CHANGES] + [
+          f'and {len(changes) - _MAX_CHANGES} more']
+    what = ': ' + '; '.join(changes) if changes else ''
+  return (f'{head}{what}. Refusing to mix their results: use a new workdir, '
+          'or delete that one to start over.')
+
+
+def _read_checkpoints(workdir: str, print_: str, spec_json: dict[str, Any],
+                      extra_name: str = 'extra'
+                      ) -> tuple[list[int], dict[int, int]]:
+  """The finished chunks in `workdir`, checked against this sweep.
+
+  Opens the checkpoints read-only and writes nothing, so a refused run
+  leaves the workdir as it was.
+
+  Returns:
+    The checkpoint steps (the jobs each chunk ends at), ascending, and the
+    reconstructions each holds.
+
+  Raises:
+    ConfigError: a checkpoint of another fingerprint, or a gap.
+  """
+  directory = os.path.join(os.path.abspath(workdir), _CHECKPOINT_DIR)
+  try:
+    if not os.path.isdir(directory):
+      return [], {}
+    return _check_checkpoints(directory, workdir, print_, spec_json,
+                              extra_name)
+  finally:
+    # Every process of a multi-host run looks before any of them creates
+    # the directory (orbax does, with its own barrier, right after): one
+    # that looked late would open a manager the others did not.
+    parallel.sync_processes('dlg_jax.sweep.read_checkpoints')
+
+
+def _check_checkpoints(directory: str, workdir: str, print_: str,
+                       spec_json: dict[str, Any], extra_name: str
+                       ) -> tuple[list[int], dict[int, int]]:
+  """`_read_checkpoints` of an existing checkpoint directory."""
+  # Never saved to, so it writes nothing (read_only=True would say so in
+  # two warnings each run).
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_names=_ITEMS)
+  try:
+    steps = sorted(manager.all_steps())
+    num_images: dict[int, int] = {}
+    previous = 0
+    for step in steps:
+      meta = _restore_meta(manager, step)
+      if meta.get('fingerprint') != print_:
+        raise errors.ConfigError(
+            _refusal(workdir, meta, print_, spec_json, extra_name))
+      if meta['start'] != previous or meta['stop'] != step:
+        raise errors.ConfigError(
+            f'{workdir} has a gap: checkpoint {step} covers jobs '
+            f'[{meta["start"]}, {meta["stop"]}) after job {previous}; it was '
+            'not written by run_sweep.')
+      num_images[step] = meta['images']
+      previous = step
+  finally:
+    manager.close()
+  return steps, num_images
+
+
 class _OrbaxStore(_MemoryStore):
   """Chunk results appended as orbax checkpoints, one step per chunk.
 
   Step `s` holds the chunk that ends at job `s` (jobs always finish in
   order, so the finished jobs are `[0, latest step)`): its metrics (item
-  'job_metrics': orbax reserves 'metrics'), the
-  reconstructions of its jobs whose target is kept, and the fingerprint.
-  Nothing is rewritten, so a save costs one chunk whatever the sweep's
-  size, and a crash loses at most the chunk in flight. In a multi-host run
-  every process calls `append` (orbax coordinates them; the primary host
-  writes).
+  'job_metrics': orbax reserves 'metrics'), the reconstructions of its jobs
+  whose target is kept, and in 'meta' the fingerprint and the JSON it
+  hashes (so a refusal can name what differs). Nothing is rewritten, so a
+  save costs one chunk whatever the sweep's size, and a crash loses at most
+  the chunk in flight. In a multi-host run every process calls `append`
+  (orbax coordinates them; the primary host writes).
   """
 
-  def __init__(self, workdir: str, fingerprint_: str):
+  def __init__(self, workdir: str, fingerprint_: str,
+               spec_json: dict[str, Any]):
     super().__init__()
     self.print = fingerprint_
+    self.spec = spec_json
+    # Checked read-only first: opening for writing may write orbax's own
+    # metadata, which a refused run must not.
+    self.steps, self.num_images = _read_checkpoints(workdir, fingerprint_,
+                                                    spec_json)
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, _CHECKPOINT_DIR)),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=None, enable_async_checkpointing=False, create=True),
-        item_names=('job_metrics', 'images', 'meta'))
-    self.steps = sorted(self.manager.all_steps())
-    self.num_images: dict[int, int] = {}
-    previous = 0
-    for step in self.steps:
-      meta = self._meta(step)
-      if meta.get('fingerprint') != self.print:
-        raise ValueError(
-            f'The workdir {self.manager.directory} holds a sweep of a '
-            f'different spec (fingerprint {meta.get("fingerprint", "?")[:12]},'
-            f' this one {self.print[:12]}); refusing to mix their results. '
-            'Use a new workdir, or delete that one to start over.')
-      if meta['start'] != previous or meta['stop'] != step:
-        raise ValueError(
-            f'The workdir {self.manager.directory} has a gap: checkpoint '
-            f'{step} covers jobs [{meta["start"]}, {meta["stop"]}) after job '
-            f'{previous}; it was not written by run_sweep.')
-      self.num_images[step] = meta['images']
-      previous = step
-    self.done = previous
+        item_names=_ITEMS)
+    self.done = self.steps[-1] if self.steps else 0
     self.resumed_chunks = len(self.steps)
-
-  def _meta(self, step: int) -> dict[str, Any]:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
 
   def append(self, chunk, metrics_, jobs, x) -> None:
     items = {'job_metrics': ocp.args.StandardSave(metrics_),
              'meta': ocp.args.JsonSave({'fingerprint': self.print,
+                                        'spec': self.spec,
                                         'start': chunk.start,
                                         'stop': chunk.stop,
                                         'images': int(len(jobs))})}
@@ -433,6 +570,135 @@ class _OrbaxStore(_MemoryStore):
     self.manager.close()
 
 
+class WorkdirLock:
+  """A sweep's hold on its workdir, from `lock_workdir`.
+
+  A context manager: leaving it, or `release()`, lets the workdir go.
+
+  Attributes:
+    workdir: the workdir, absolute.
+    path: the lock file, or None where this process holds no lock (not
+      process 0, or a file system without `flock`).
+  """
+
+  def __init__(self, workdir: str, path: str | None = None,
+               fd: int | None = None):
+    self.workdir = workdir
+    self.path = path
+    self._fd = fd
+
+  def release(self) -> None:
+    """Removes the lock file and lets the lock go; idempotent."""
+    if self._fd is None:
+      return
+    fd, self._fd = self._fd, None
+    # Removed while still locked: whoever opened this file meanwhile finds,
+    # once it gets the lock, that the path is gone and locks a new file.
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(self.path)
+    os.close(fd)
+
+  def __enter__(self) -> 'WorkdirLock':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+
+def lock_workdir(workdir: str) -> WorkdirLock:
+  """Takes `workdir` for one sweep; refuses if another sweep holds it.
+
+  The lock is `fcntl.flock` on `<workdir>/sweep.lock`, which holds the
+  holder's pid while it runs and is removed when it ends. The kernel lets a
+  `flock` go when its process dies, even by SIGKILL, so a killed sweep
+  never leaves the workdir stuck: its stale file is simply locked again.
+  Only process 0 of a multi-host run locks (the processes of one run share
+  the workdir); the others get a `WorkdirLock` that holds nothing. Where
+  the file system has no `flock`, a warning is logged and the sweep runs
+  unlocked.
+
+  Example:
+
+    >>> with lock_workdir('/tmp/sweep') as lock:
+    ...   run_sweep(attack, params, x, y, spec, workdir='/tmp/sweep',
+    ...             workdir_lock=lock)
+
+  Args:
+    workdir: the sweep's workdir; created if missing.
+
+  Returns:
+    The held lock, a context manager that releases it.
+
+  Raises:
+    ConfigError: another sweep (or another `lock_workdir` of this process)
+      holds the workdir.
+  """
+  workdir = os.path.abspath(workdir)
+  if not parallel.is_main_process():
+    return WorkdirLock(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      pid = os.pread(fd, 32, 0).decode(errors='replace').strip()
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+        logging.warning('cannot lock %s (%s); running without a lock, so do '
+                        'not start another sweep on this workdir', path, e)
+        return WorkdirLock(workdir)
+      raise errors.ConfigError(
+          f'{workdir} is held by another sweep (pid {pid or "unknown"}, '
+          f'lock file {path}); wait for it to end, or use another workdir.'
+      ) from None
+    try:
+      now = os.stat(path)
+    except FileNotFoundError:
+      now = None
+    mine = os.fstat(fd)
+    if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev,
+                                                        mine.st_ino):
+      break
+    # The holder before us removed the file between our open and our lock.
+    os.close(fd)
+  os.ftruncate(fd, 0)
+  os.write(fd, f'{os.getpid()}\n'.encode())
+  return WorkdirLock(workdir, path, fd)
+
+
+def check_workdir(workdir: str, attack: attack_lib.Attack, params: Any,
+                  x: ArrayLike, y: ArrayLike, spec: SweepSpec, *,
+                  extra_fingerprint: dict[str, Any] | None = None,
+                  extra_name: str = 'extra') -> int:
+  """Checks `workdir`'s finished chunks against this sweep; writes nothing.
+
+  The check `run_sweep` makes when it opens the workdir, for a caller that
+  writes beside the sweep (a launcher's `config.json`) and must not do so
+  into a workdir that `run_sweep` would refuse.
+
+  Args:
+    workdir: the sweep's workdir; one without checkpoints passes.
+    attack, params, x, y, spec, extra_fingerprint: as for `run_sweep`.
+    extra_name: what to call `extra_fingerprint`'s keys in the refusal
+      (`'config'` for a launcher's config: `config.sweep.seed: 0 -> 1`).
+
+  Returns:
+    The jobs the workdir has finished (0 for a new one).
+
+  Raises:
+    ConfigError: the workdir holds a sweep of another spec (the message
+      lists the keys that differ, old and new), or chunks that `run_sweep`
+      did not write.
+  """
+  print_, spec_json = _fingerprinted(
+      attack, params, np.asarray(x, np.float32), np.asarray(y, np.int32),
+      spec, extra_fingerprint)
+  steps, _ = _read_checkpoints(workdir, print_, spec_json, extra_name)
+  return steps[-1] if steps else 0
+
+
 def _memory_probe(fn, inputs) -> tuple[Any, int | None]:
   """Compiles `fn` at one job per device; returns it and bytes per job."""
   compiled = fn.lower(*inputs).compile()
@@ -459,6 +725,7 @@ def run_sweep(
     max_jobs_per_device: int = 64,
     keep_images: int | None = None,
     extra_fingerprint: dict[str, Any] | None = None,
+    workdir_lock: WorkdirLock | None = None,
     on_chunk: Callable[[int, int, Chunk, float], None] | None = None,
 ) -> SweepResult:
   """Runs every job of `spec` on images `x`, resuming from `workdir`.
@@ -486,6 +753,8 @@ def run_sweep(
       this; None keeps all.
     extra_fingerprint: JSON-able facts that also decide the results (e.g.
       the model's name); part of the workdir's fingerprint.
+    workdir_lock: the `lock_workdir(workdir)` the caller holds (a launcher
+      that writes beside the sweep); None takes the lock for the run.
     on_chunk: called after each chunk is run and saved, as
       `on_chunk(chunks_done, num_chunks, chunk, seconds)`; for progress
       logs (and for tests, to interrupt a run).
@@ -494,8 +763,9 @@ def run_sweep(
     A `SweepResult`.
 
   Raises:
-    ValueError: batch other than 1, bad shapes or chunking, or a workdir of
-      another spec.
+    ConfigError: a workdir of another spec (the keys that differ named) or
+      held by another sweep; checked before anything is written or compiled.
+    ValueError: batch other than 1, bad shapes or chunking.
   """
   if attack.batch != 1:
     raise ValueError(f'The sweep attacks one image per gradient; got attack '
@@ -518,29 +788,41 @@ def run_sweep(
   keep = spec.targets(n) if keep_images is None else keep_images
   offsets = _offsets(spec, n)
 
-  store = (_MemoryStore() if workdir is None else _OrbaxStore(
-      workdir, fingerprint(attack, params, xs, ys, spec, extra_fingerprint)))
-  replicated_params = parallel.put_replicated(mesh, params)
+  with contextlib.ExitStack() as stack:
+    if workdir is None:
+      store = _MemoryStore()
+    else:
+      if workdir_lock is None:
+        # Before anything is written or compiled.
+        stack.enter_context(lock_workdir(workdir))
+      elif workdir_lock.workdir != os.path.abspath(workdir):
+        raise ValueError(f'workdir_lock holds {workdir_lock.workdir}, not the '
+                         f'workdir {workdir}.')
+      store = _OrbaxStore(workdir, *_fingerprinted(
+          attack, params, xs, ys, spec, extra_fingerprint))
+      _log_resume(workdir, store, int(offsets[-1]))
+    stack.callback(store.close)
+    resumed_jobs = store.done
+    replicated_params = parallel.put_replicated(mesh, params)
 
-  def inputs_for(chunk: Chunk, size: int):
-    """The chunk's inputs, padded to `size` jobs with its first job."""
-    jobs = job_indices(spec, n, chunk.start, chunk.stop)
-    pad = np.zeros(size - (chunk.stop - chunk.start), np.int64)
-    take = lambda a: np.concatenate([a, a[pad]])
-    host = (take(jobs['strength']), take(jobs['strength_index']),
-            take(jobs['target']), take(jobs['restart']),
-            xs[take(jobs['image'])], ys[take(jobs['image'])])
-    return jobs, parallel.put_jobs(mesh, host) + (replicated_params,)
+    def inputs_for(chunk: Chunk, size: int):
+      """The chunk's inputs, padded to `size` jobs with its first job."""
+      jobs = job_indices(spec, n, chunk.start, chunk.stop)
+      pad = np.zeros(size - (chunk.stop - chunk.start), np.int64)
+      take = lambda a: np.concatenate([a, a[pad]])
+      host = (take(jobs['strength']), take(jobs['strength_index']),
+              take(jobs['target']), take(jobs['restart']),
+              xs[take(jobs['image'])], ys[take(jobs['image'])])
+      return jobs, parallel.put_jobs(mesh, host) + (replicated_params,)
 
-  def jit_fn(d: int):
-    name = spec.defenses[d][0]
-    jobs, one = parallel.job_sharding(mesh), parallel.replicated(mesh)
-    return jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
-                   in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
+    def jit_fn(d: int):
+      name = spec.defenses[d][0]
+      jobs, one = parallel.job_sharding(mesh), parallel.replicated(mesh)
+      return jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
+                     in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
 
-  compiled: dict[int, Any] = {}
-  compile_seconds, compiles = 0.0, 0
-  try:
+    compiled: dict[int, Any] = {}
+    compile_seconds, compiles = 0.0, 0
     # Jobs each device still needs per defense: chunks bigger than that
     # would be padding.
     need = [parallel.padded_size(
@@ -588,14 +870,25 @@ def run_sweep(
       if on_chunk is not None:
         on_chunk(store.resumed_chunks + i + 1, total, chunk, seconds)
     return _reduce(spec, n, store, keep, compile_seconds, devices,
-                   max(per_device), compiles)
-  finally:
-    store.close()
+                   max(per_device), compiles, resumed_jobs)
+
+
+def _log_resume(workdir: str, store: _MemoryStore, num_jobs: int) -> None:
+  """One line on what a workdir already holds, where it has anything."""
+  count = store.resumed_chunks
+  if not count:
+    return
+  found = '1 chunk in %s holds' if count == 1 else '%d chunks in %s hold'
+  rest = (f'going on from job {store.done}' if store.done < num_jobs
+          else 'nothing left to run')
+  args = (workdir,) if count == 1 else (count, workdir)
+  logging.info('resuming: ' + found + ' jobs [0, %d) of %d; %s', *args,
+               store.done, num_jobs, rest)
 
 
 def _reduce(spec: SweepSpec, n: int, store: _MemoryStore, keep: int,
             compile_seconds: float, devices: int, jobs_per_device: int,
-            compiles: int) -> SweepResult:
+            compiles: int, resumed_jobs: int) -> SweepResult:
   """Keeps, per (defense, strength, target), the restart of least distance."""
   r = spec.restarts
   arrays = store.all_metrics()
@@ -627,5 +920,6 @@ def _reduce(spec: SweepSpec, n: int, store: _MemoryStore, keep: int,
       ssim=pick(arrays['ssim']), label_correct=pick(arrays['label_correct']),
       seconds=group(arrays['seconds']).sum(axis=1),
       compile_seconds=compile_seconds, resumed_chunks=store.resumed_chunks,
-      num_devices=devices, jobs_per_device=jobs_per_device,
+      resumed_jobs=resumed_jobs, num_devices=devices,
+      jobs_per_device=jobs_per_device,
       compiles=compiles)

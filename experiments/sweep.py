@@ -7,7 +7,10 @@ chunks split over every device (see `dlg_jax.sweep`), each device running
 `config.sweep.jobs_per_device` jobs per chunk (0: as many as half its free
 memory holds, at most `config.sweep.max_jobs_per_device`). Each finished
 chunk is appended to `<workdir>/checkpoints`; rerunning the same command
-resumes, and a workdir of another config is refused.
+resumes, and a workdir of another config is refused (naming the keys that
+differ) before anything in it changes. A run holds the workdir
+(`<workdir>/sweep.lock`), so a second run started on it is refused; a killed
+run does not hold it.
 
 Devices and hosts (flags, as they do not change the results):
 
@@ -46,6 +49,7 @@ import jax
 
 from dlg_jax import data
 from dlg_jax import defenses as defenses_lib
+from dlg_jax import errors
 from dlg_jax import figures
 from dlg_jax import parallel
 from dlg_jax import sweep as sweep_lib
@@ -79,33 +83,38 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
   cfg = config.sweep
   for name in cfg.defenses:
     if name not in defenses_lib.DEFENSES:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.sweep.defenses: unknown defense {name!r}; choose from '
           f'{sorted(defenses_lib.DEFENSES)}.')
   defenses = attack_launcher.defense_grid(
       'sweep', cfg.defenses, cfg.strengths, defenses_lib.check_strength)
   if cfg.jobs_per_device < 0:
-    raise ValueError('config.sweep.jobs_per_device must be >= 1, or 0 to '
-                     f'choose from memory; got {cfg.jobs_per_device}.')
+    raise errors.ConfigError(
+        'config.sweep.jobs_per_device must be >= 1, or 0 to choose from '
+        f'memory; got {cfg.jobs_per_device}.')
   if cfg.max_jobs_per_device < 1:
-    raise ValueError('config.sweep.max_jobs_per_device must be >= 1, got '
-                     f'{cfg.max_jobs_per_device}.')
+    raise errors.ConfigError(
+        'config.sweep.max_jobs_per_device must be >= 1, got '
+        f'{cfg.max_jobs_per_device}.')
   if cfg.num_targets < 0:
-    raise ValueError('config.sweep.num_targets must be >= 1, or 0 for one '
-                     f'per image; got {cfg.num_targets}.')
+    raise errors.ConfigError(
+        'config.sweep.num_targets must be >= 1, or 0 for one per image; got '
+        f'{cfg.num_targets}.')
   if cfg.grid_images < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.sweep.grid_images must be >= 0, got {cfg.grid_images}.')
   if config.attack.restarts < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.attack.restarts must be >= 1, got {config.attack.restarts}.')
   if config.attack.get('prior_weight', 0.0):
-    raise ValueError('config.attack.prior_weight must be 0 for the sweep: it '
-                     'has no Gaussian image prior (the TV prior and '
-                     'config.attack.defense_aware are there).')
+    raise errors.ConfigError(
+        'config.attack.prior_weight must be 0 for the sweep: it has no '
+        'Gaussian image prior (the TV prior and config.attack.defense_aware '
+        'are there).')
   if config.data.batch_size != 1:
-    raise ValueError('config.data.batch_size must be 1 for the sweep (one '
-                     f'image per gradient), got {config.data.batch_size}.')
+    raise errors.ConfigError(
+        'config.data.batch_size must be 1 for the sweep (one image per '
+        f'gradient), got {config.data.batch_size}.')
   return sweep_lib.SweepSpec(defenses=tuple(defenses),
                              restarts=config.attack.restarts,
                              seed=config.seed,
@@ -181,9 +190,11 @@ def _fingerprint_config(config) -> dict[str, Any]:
 def check_utility(config) -> None:
   cfg = config.utility
   if cfg.steps < 0:
-    raise ValueError(f'config.utility.steps must be >= 0, got {cfg.steps}.')
+    raise errors.ConfigError(
+        f'config.utility.steps must be >= 0, got {cfg.steps}.')
   if cfg.steps and not cfg.seeds:
-    raise ValueError('config.utility.seeds must name at least one seed.')
+    raise errors.ConfigError(
+        'config.utility.seeds must name at least one seed.')
 
 
 def utility_table(config, spec: sweep_lib.SweepSpec
@@ -195,8 +206,7 @@ def utility_table(config, spec: sweep_lib.SweepSpec
   cfg = config.utility
   if not cfg.steps:
     return {}
-  ds = attack_launcher._under(  # pylint: disable=protected-access
-      'config.utility.source', data.load_dataset, cfg.source)
+  ds = errors.under('config.utility.source', data.load_dataset, cfg.source)
   start = time.perf_counter()
   table = utility.accuracy_table(spec.defenses, ds.x, ds.y, steps=cfg.steps,
                                  seeds=tuple(cfg.seeds))
@@ -212,14 +222,32 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
     config: a `configs/defenses.py`-style config.
     workdir: where checkpoints and outputs go (outputs from process 0 only).
     num_devices: devices to spread the jobs over; 0 is all.
+
+  Raises:
+    ConfigError: a bad config value or flag, named; a workdir of another
+      config (the keys that differ named) or held by another run, refused
+      before anything in it changes.
   """
   spec = check_sweep(config)
   check_utility(config)
-  mesh = attack_launcher._under(  # pylint: disable=protected-access
-      '--num_devices', parallel.make_mesh, num_devices)
+  mesh = errors.under('--num_devices', parallel.make_mesh, num_devices)
   attack_launcher.check_workdir(workdir)
+  # Before anything is built or written: another run may hold the workdir.
+  with errors.under('--workdir', sweep_lib.lock_workdir, workdir) as lock:
+    return _run_locked(config, workdir, spec, mesh, lock)
+
+
+def _run_locked(config, workdir: str, spec: sweep_lib.SweepSpec,
+                mesh: jax.sharding.Mesh,
+                lock: sweep_lib.WorkdirLock) -> dict[str, Any]:
+  """`run` once the workdir is locked."""
   ds, params, attack = attack_launcher.build(
       config, attack_launcher.load_data(config))
+  extra = _fingerprint_config(config)
+  # A workdir of another config is refused before config.json is replaced,
+  # so the file keeps matching the checkpoints beside it.
+  errors.under('--workdir', sweep_lib.check_workdir, workdir, attack, params,
+               ds.x, ds.y, spec, extra_fingerprint=extra, extra_name='config')
   main = parallel.is_main_process()
   if main:
     figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -236,7 +264,7 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
       jobs_per_device=cfg.jobs_per_device or None,
       max_jobs_per_device=cfg.max_jobs_per_device,
       keep_images=min(targets, cfg.grid_images),
-      extra_fingerprint=_fingerprint_config(config),
+      extra_fingerprint=extra, workdir_lock=lock,
       on_chunk=_progress_logger())
   wall = time.perf_counter() - start
   logging.info('%d jobs per device, %d compiles', result.jobs_per_device,
@@ -267,6 +295,7 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
       'compile_seconds': result.compile_seconds,
       'wall_seconds': wall,
       'resumed_chunks': result.resumed_chunks,
+      'resumed_jobs': result.resumed_jobs,
       'num_devices': result.num_devices,
       'num_processes': jax.process_count(),
       'jobs_per_device': result.jobs_per_device,
@@ -339,4 +368,4 @@ def main(argv):
 if __name__ == '__main__':
   attack_launcher.define_flags()
   define_parallel_flags()
-  app.run(main)
+  app.run(errors.report_config_errors(main))
