@@ -1,9 +1,10 @@
-"""Output a person looks at: reconstruction grids, and JSON for machines.
+"""Output a person looks at: reconstruction grids, plots, and JSON for machines.
 
 `save_reconstruction_grid` draws the DLG paper's figure layout: one row per
 attacked image, the ground truth first, then the reconstruction at chosen
-iterations. `save_json` writes `results.json` / `config.json` from pytrees of
-numpy and JAX values.
+iterations (with Pillow, pixel for pixel). `save_line_plot` draws sweep and
+study plots with matplotlib. `save_json` writes `results.json` /
+`config.json` from pytrees of numpy and JAX values.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from collections.abc import Sequence
 import json
 import math
 import os
+import textwrap
 from typing import Any
 
 import jax
 from jax.typing import ArrayLike
+from matplotlib import figure
+from matplotlib import ticker
+from matplotlib.backends import backend_agg
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -27,6 +32,11 @@ GAP = 2
 HEADER_HEIGHT = 16
 _FONT_SIZE = 11
 _TEXT_PAD = 4
+# Line-plot markers, so that series that overlap stay apart.
+_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
+# Points: small enough for a 480x320 plot to hold its title and legend.
+_PLOT_FONT_SIZE = 9
+_PLOT_DPI = 100
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -210,20 +220,33 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> None:
     f.write(text + '\n')
 
 
+def _finite(v: Any) -> bool:
+  return v is not None and math.isfinite(float(v))
+
+
 def save_line_plot(path: str | os.PathLike[str],
                    series: dict[str, tuple[Sequence[float], Sequence[float]]],
                    *,
                    xlabel: str,
                    ylabel: str,
                    title: str = '',
-                   size: tuple[int, int] = (480, 320)) -> None:
-  """Writes a PNG line plot (linear axes) of a few series, with Pillow.
+                   size: tuple[int, int] = (480, 320),
+                   no_x_label: str = 'no x value') -> None:
+  """Writes a PNG line plot of a few series, with matplotlib.
 
-  A small stand-in for matplotlib, which the package does not need: axes
-  with round-number y ticks and x ticks at the data's x values (or five
-  even ones when there are many), one coloured line with dot markers per
-  series, a legend at the top left. Points with a None or non-finite y are
-  skipped (e.g. a batch size that never reached the threshold).
+  One colour and marker per series, lines through its points in x order;
+  a series with a single point is that marker alone. A point whose x is None
+  or not finite (e.g. a defense with no strength, such as a float16 cast, on
+  a plot against strength) has a y but no place on the x axis: it is drawn
+  as a dashed horizontal line across the plot, and its legend entry says
+  so (`no_x_label`, e.g. 'no strength'). Points with a None or non-finite y
+  are skipped (e.g. a batch size that never reached the threshold); every
+  series with a finite y is on the figure and in the legend. The x axis is
+  logarithmic when all x are positive and span two decades or more, linear
+  otherwise; the y axis starts at 0 when no y is
+  negative. Ticks are matplotlib's, the legend is below the axes. Drawn on
+  a `matplotlib.figure.Figure` with the Agg canvas, so pyplot's global state
+  and backend are untouched.
 
   Args:
     path: the PNG to write; parent folders are created.
@@ -231,74 +254,75 @@ def save_line_plot(path: str | os.PathLike[str],
     xlabel: the x-axis label.
     ylabel: the y-axis label.
     title: an optional title above the plot.
-    size: (width, height) in pixels.
+    size: (width, height) of the PNG in pixels.
+    no_x_label: the legend's words for a series drawn as a level line.
 
   Raises:
-    ValueError: no finite point to draw, or xs and ys of different lengths.
+    ValueError: no finite y to draw, or xs and ys of different lengths.
   """
-  points = {}
+  fig = _line_plot_figure(series, xlabel=xlabel, ylabel=ylabel, title=title,
+                          size=size, no_x_label=no_x_label)
+  path = os.fspath(path)
+  _makedirs_for(path)
+  fig.savefig(path, format='png', dpi=_PLOT_DPI)
+
+
+def _line_plot_figure(series, *, xlabel, ylabel, title, size,
+                      no_x_label='no x value') -> figure.Figure:
+  """The figure `save_line_plot` writes (tests read its axes and legend)."""
+  lines, levels = {}, {}
   for name, (xs, ys) in series.items():
     if len(xs) != len(ys):
       raise ValueError(f'series {name!r} has {len(xs)} xs and {len(ys)} ys.')
-    points[name] = [(float(x), float(y)) for x, y in zip(xs, ys)
-                    if y is not None and math.isfinite(float(y))]
-  finite = [p for ps in points.values() for p in ps]
-  if not finite:
+    kept = [(x, float(y)) for x, y in zip(xs, ys) if _finite(y)]
+    lines[name] = sorted((float(x), y) for x, y in kept if _finite(x))
+    levels[name] = [y for x, y in kept if not _finite(x)]
+  ys_all = [y for ps in lines.values() for _, y in ps] + [
+      y for ls in levels.values() for y in ls]
+  if not ys_all:
     raise ValueError('save_line_plot: no finite point to draw.')
+  xs_all = [x for ps in lines.values() for x, _ in ps]
+
   width, height = size
-  left, right, top, bottom = 64, 16, 36 if title else 22, 40
-  xs_all = sorted({float(x) for xs, _ in series.values() for x in xs})
-  x_lo, x_hi = min(xs_all), max(xs_all)
-  if x_hi == x_lo:
-    x_lo, x_hi = x_lo - 1.0, x_hi + 1.0
-  x_ticks = xs_all if len(xs_all) <= 10 else [
-      x_lo + k * (x_hi - x_lo) / 4 for k in range(5)]
-  y_max = max(p[1] for p in finite) or 1.0
-  magnitude = 10.0 ** math.floor(math.log10(y_max / 4))
-  y_step = next(m * magnitude for m in (1, 2, 5, 10)
-                if y_max / (m * magnitude) <= 5)
-  y_lo, y_hi = 0.0, y_step * math.ceil(y_max * 1.05 / y_step)
-  y_ticks = [k * y_step for k in range(round(y_hi / y_step) + 1)]
-
-  def to_px(x, y):
-    px = left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
-    py = height - bottom - (y - y_lo) / (y_hi - y_lo) * (
-        height - top - bottom)
-    return px, py
-
-  canvas = Image.new('RGB', (width, height), 'white')
-  draw = ImageDraw.Draw(canvas)
-  font = _font()
-  x0, y0 = to_px(x_lo, y_lo)
-  x1, y1 = to_px(x_hi, y_hi)
-  draw.line([(x0, y1), (x0, y0), (x1, y0)], fill='black')
-  for xv in x_ticks:
-    px, _ = to_px(xv, y_lo)
-    draw.line([(px, y0), (px, y0 + 4)], fill='black')
-    xt = f'{xv:g}'
-    draw.text((px - _text_width(draw, xt, font) / 2, y0 + 6), xt,
-              fill='black', font=font)
-  for yv in y_ticks:
-    _, py = to_px(x_lo, yv)
-    draw.line([(x0 - 4, py), (x0, py)], fill='black')
-    yt = f'{yv:g}'
-    draw.text((x0 - 6 - _text_width(draw, yt, font), py - 6), yt,
-              fill='black', font=font)
-  draw.text(((width - _text_width(draw, xlabel, font)) / 2, height - 16),
-            xlabel, fill='black', font=font)
-  draw.text((4, 4 if not title else 18), ylabel, fill='black', font=font)
+  fig = figure.Figure(figsize=(width / _PLOT_DPI, height / _PLOT_DPI),
+                      dpi=_PLOT_DPI, layout='constrained')
+  backend_agg.FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for k, name in enumerate(series):
+    colour = f'C{k % 10}'
+    marker = _MARKERS[k % len(_MARKERS)]
+    ps = lines[name]
+    suffix = ' (one point)' if len(ps) == 1 and not levels[name] else ''
+    if ps:
+      ax.plot([x for x, _ in ps], [y for _, y in ps], color=colour,
+              marker=marker, markersize=7 if suffix else 5,
+              linestyle='-' if len(ps) > 1 else 'none', linewidth=1.5,
+              label=f'{name}{suffix}')
+    for i, y in enumerate(levels[name]):
+      ax.axhline(y, color=colour, linestyle='--', linewidth=1.5,
+                 label=(f'{name} ({no_x_label})' if i == 0 and not ps else
+                        None))
+  if xs_all and min(xs_all) > 0 and max(xs_all) >= 100 * min(xs_all):
+    ax.set_xscale('log')
+  elif xs_all and all(float(x).is_integer() for x in xs_all):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  if not xs_all:
+    ax.set_xticks([])
+  if min(ys_all) >= 0:
+    ax.set_ylim(bottom=0, top=max(ys_all) * 1.08 or 1.0)
+  ax.grid(True, color='0.9', linewidth=0.8)
+  ax.set_axisbelow(True)
+  ax.tick_params(labelsize=_PLOT_FONT_SIZE)
+  ax.set_xlabel(xlabel, fontsize=_PLOT_FONT_SIZE)
+  ax.set_ylabel(ylabel, fontsize=_PLOT_FONT_SIZE)
+  # A 9-point character is about 6 pixels wide at 100 dpi.
+  chars = max(20, (width - 20) // 6)
   if title:
-    draw.text(((width - _text_width(draw, title, font)) / 2, 2), title,
-              fill='black', font=font)
-  colours = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd']
-  for k, (name, ps) in enumerate(points.items()):
-    colour = colours[k % len(colours)]
-    pixels = [to_px(x, y) for x, y in sorted(ps)]
-    if len(pixels) > 1:
-      draw.line(pixels, fill=colour, width=2)
-    for px, py in pixels:
-      draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    draw.text((x0 + 8, top + 4 + 14 * k), name, fill=colour, font=font)
-  path = os.fspath(path)
-  _makedirs_for(path)
-  canvas.save(path, format='PNG')
+    ax.set_title(textwrap.fill(title, chars), fontsize=_PLOT_FONT_SIZE + 1)
+  handles, labels = ax.get_legend_handles_labels()
+  # As many columns as the widest entry allows, plus room for the marker.
+  per_col = 6 * max(len(t) for t in labels) + 40
+  ncols = max(1, min(len(labels), width // per_col))
+  fig.legend(handles, labels, loc='outside lower center', ncols=ncols,
+             frameon=False, fontsize=_PLOT_FONT_SIZE)
+  return fig

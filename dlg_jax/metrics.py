@@ -9,6 +9,11 @@ Each function compares ONE pair of images `[h, w, c]` with values in [0, 1]
   >>> jax.vmap(metrics.psnr)(x, ref).shape
   (4,)
 
+MSE and SSIM are computed by dm-pix (DeepMind's JAX image library), PSNR
+from dm-pix's MSE; this module fixes their conventions: the PSNR ceiling for
+identical images, the SSIM window for images smaller than 11x11, and the
+shape checks.
+
 References:
   Wang, Bovik, Sheikh and Simoncelli, "Image quality assessment: from error
   visibility to structural similarity", IEEE Trans. Image Processing 13(4),
@@ -17,8 +22,8 @@ References:
 
 from __future__ import annotations
 
+import dm_pix
 import jax
-from jax import lax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
@@ -54,7 +59,7 @@ def image_pair(x: ArrayLike, ref: ArrayLike, *,
 
 
 def mse(x: ArrayLike, ref: ArrayLike) -> jax.Array:
-  """Mean squared error over pixels and channels.
+  """Mean squared error over pixels and channels (`dm_pix.mse`).
 
   Args:
     x: image `[h, w, c]`.
@@ -64,14 +69,16 @@ def mse(x: ArrayLike, ref: ArrayLike) -> jax.Array:
     float32 `[]`.
   """
   x, ref = image_pair(x, ref)
-  return jnp.mean(jnp.square(x - ref))
+  return dm_pix.mse(x, ref)
 
 
 def psnr(x: ArrayLike, ref: ArrayLike, max_val: float = 1.0) -> jax.Array:
   """Peak signal-to-noise ratio, `10 log10(max_val^2 / mse)`, in dB.
 
-  The mse is clipped below at `MSE_EPSILON` (1e-10), so identical images
-  give a large finite value (100 dB for `max_val=1`) instead of infinity.
+  The mse (`dm_pix.mse`) is clipped below at `MSE_EPSILON` (1e-10), so
+  identical images give a large finite value (100 dB for `max_val=1`) and a
+  zero gradient. `dm_pix.psnr` itself is not used: it assumes `max_val` 1 and
+  has no floor, so identical images give infinity and a NaN gradient.
 
   Args:
     x: image `[h, w, c]`.
@@ -111,31 +118,8 @@ def ssim_window(height: int, width: int) -> int:
   return min(_SSIM_WINDOW, side if side % 2 else side - 1)
 
 
-def _gaussian_window(size: int) -> jax.Array:
-  """Normalised `size x size` Gaussian, sigma 1.5, `[size, size]`."""
-  half = (size - 1) / 2
-  t = jnp.arange(size, dtype=jnp.float32) - half
-  g = jnp.exp(-0.5 * jnp.square(t / _SSIM_SIGMA))
-  g = g / jnp.sum(g)
-  return jnp.outer(g, g)
-
-
-def _filter_valid(img: jax.Array, size: int) -> jax.Array:
-  """Per-channel Gaussian weighting, 'valid' mode.
-
-  `[h, w, c]` to `[h - size + 1, w - size + 1, c]`.
-  """
-  c = img.shape[-1]
-  kernel = jnp.tile(_gaussian_window(size)[:, :, None, None], (1, 1, 1, c))
-  out = lax.conv_general_dilated(
-      img[None], kernel, window_strides=(1, 1), padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
-      precision=lax.Precision.HIGHEST)
-  return out[0]
-
-
 def ssim(x: ArrayLike, ref: ArrayLike, max_val: float = 1.0) -> jax.Array:
-  """Structural similarity index (SSIM) of Wang et al. 2004.
+  """Structural similarity index (SSIM) of Wang et al. 2004, by `dm_pix.ssim`.
 
   Local means, variances and covariance use an 11x11 Gaussian window with
   sigma 1.5 (the paper's choice), computed only where the window fits
@@ -143,14 +127,16 @@ def ssim(x: ArrayLike, ref: ArrayLike, max_val: float = 1.0) -> jax.Array:
   SSIM map is averaged over pixels and channels. This matches
   `skimage.metrics.structural_similarity(..., gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=max_val,
-  channel_axis=-1)`.
+  channel_axis=-1)` to float32 rounding: dm-pix forms the (co)variances as
+  E[xy] - E[x]E[y] in float32, which is within 4e-6 of float64 on the
+  bundled 32x32 CIFAR-100 images and within about 1e-4 on flat or small
+  ones.
 
   Images smaller than 11x11 (which scikit-image refuses) use the same
   Gaussian (sigma 1.5) cut to the largest odd window that fits,
   `ssim_window(h, w)`: 9x9 for 9x9 or 10x10 images, 7x7 for 7x7 or 8x8, down
   to 3x3; the value then equals scipy's Gaussian filtering truncated at that
-  radius, cropped to the valid pixels. Images of 11x11 and more are unchanged
-  by this.
+  radius, cropped to the valid pixels.
 
   Args:
     x: image `[h, w, c]`, `h, w >= 3`.
@@ -168,24 +154,10 @@ def ssim(x: ArrayLike, ref: ArrayLike, max_val: float = 1.0) -> jax.Array:
     error visibility to structural similarity", IEEE TIP 2004.
   """
   x, ref = image_pair(x, ref)
-  size = ssim_window(*x.shape[:2])
-  c1 = jnp.square(_SSIM_K1 * jnp.float32(max_val))
-  c2 = jnp.square(_SSIM_K2 * jnp.float32(max_val))
-  mu_x = _filter_valid(x, size)
-  mu_r = _filter_valid(ref, size)
-  # (Co)variances do not change under a shift; centring each channel first
-  # keeps E[x^2] - E[x]^2 from cancelling catastrophically in float32.
-  xc = x - jnp.mean(x, axis=(0, 1), keepdims=True)
-  rc = ref - jnp.mean(ref, axis=(0, 1), keepdims=True)
-  mu_xc = _filter_valid(xc, size)
-  mu_rc = _filter_valid(rc, size)
-  # Population (not sample) moments, as in the paper's weighted estimates.
-  var_x = _filter_valid(xc * xc, size) - mu_xc * mu_xc
-  var_r = _filter_valid(rc * rc, size) - mu_rc * mu_rc
-  cov = _filter_valid(xc * rc, size) - mu_xc * mu_rc
-  num = (2.0 * mu_x * mu_r + c1) * (2.0 * cov + c2)
-  den = (mu_x * mu_x + mu_r * mu_r + c1) * (var_x + var_r + c2)
-  return jnp.mean(num / den)
+  return dm_pix.ssim(
+      x, ref, max_val=max_val, filter_size=ssim_window(*x.shape[:2]),
+      filter_sigma=_SSIM_SIGMA, k1=_SSIM_K1, k2=_SSIM_K2,
+      precision=jax.lax.Precision.HIGHEST)
 
 
 def label_correct(pred: ArrayLike, true: ArrayLike) -> jax.Array:

@@ -7,25 +7,33 @@ vocabulary as the `vocab.txt` of all-MiniLM-L6-v2), so nothing is downloaded.
 Scores compare a recovered sentence with its reference: `token_accuracy`
 position by position over WordPiece tokens, and ROUGE-1/2/L F-measures over
 lower-cased words (Lin 2004), the measures of later gradient-inversion
-attacks on text (TAG, LAMP).
+attacks on text (TAG, LAMP), computed by Google's `rouge-score`, the
+reference Python scorer (LAMP's code calls it through Hugging Face
+`datasets`, without stemming).
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Sequence
+import functools
 import os
-import re
 
 from absl import logging
 import numpy as np
 from jax.typing import ArrayLike
+from rouge_score import rouge_scorer
+from rouge_score import tokenizers as rouge_tokenizers
 from tokenizers import BertWordPieceTokenizer
 from tokenizers import Tokenizer
 
 from dlg_jax import data
 
 CLS, SEP, MASK, PAD, UNK = '[CLS]', '[SEP]', '[MASK]', '[PAD]', '[UNK]'
+
+# rouge-score's defaults, which LAMP's scores (through Hugging Face's
+# `datasets` rouge metric) use: no Porter stemming.
+_USE_STEMMER = False
+_ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL')
 
 _SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'samples',
                         'text_samples.npz')
@@ -192,53 +200,80 @@ def token_accuracy(recovered: ArrayLike, reference: ArrayLike) -> float:
 
 
 def words(text: str) -> list[str]:
-  """Lower-cased alphanumeric words, as ROUGE's default tokeniser splits."""
-  return re.findall(r'[a-z0-9]+', text.lower())
+  """Lower-cased alphanumeric words: rouge-score's tokens, without stemming."""
+  return _rouge_tokenizer().tokenize(text)
 
 
-def _f_measure(overlap: int, n_pred: int, n_ref: int) -> float:
-  if overlap == 0 or n_pred == 0 or n_ref == 0:
-    return 0.0
-  p, r = overlap / n_pred, overlap / n_ref
-  return 2 * p * r / (p + r)
+@functools.cache
+def _rouge_tokenizer() -> rouge_tokenizers.DefaultTokenizer:
+  return rouge_tokenizers.DefaultTokenizer(use_stemmer=_USE_STEMMER)
+
+
+@functools.cache
+def _scorer(rouge_types: tuple[str, ...]) -> rouge_scorer.RougeScorer:
+  return rouge_scorer.RougeScorer(list(rouge_types),
+                                  use_stemmer=_USE_STEMMER)
+
+
+def _check(prediction: str, reference: str) -> None:
+  for name, value in (('prediction', prediction), ('reference', reference)):
+    if not isinstance(value, str):
+      raise TypeError(f'{name} must be a str, got {type(value).__name__}.')
 
 
 def rouge_n(prediction: str, reference: str, n: int) -> float:
   """ROUGE-N F-measure: clipped n-gram overlap of the two word sequences.
 
+  Computed by rouge-score (`RougeScorer([f'rouge{n}'])`, no stemmer).
+
+  Args:
+    prediction: the recovered sentence.
+    reference: the true sentence.
+    n: the n-gram length, >= 1.
+
+  Returns:
+    The F-measure in [0, 1]; 0 when either side has no n-gram.
+
+  Raises:
+    ValueError: `n` is not a positive int.
+
   References:
     Lin, "ROUGE: A Package for Automatic Evaluation of Summaries", 2004.
   """
-  def grams(ws):
-    return collections.Counter(tuple(ws[i:i + n])
-                               for i in range(len(ws) - n + 1))
-  pred, ref = grams(words(prediction)), grams(words(reference))
-  overlap = sum((pred & ref).values())
-  return _f_measure(overlap, sum(pred.values()), sum(ref.values()))
-
-
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-  row = [0] * (len(b) + 1)
-  for x in a:
-    prev = 0
-    for j, y in enumerate(b):
-      cur = row[j + 1]
-      row[j + 1] = prev + 1 if x == y else max(row[j + 1], row[j])
-      prev = cur
-  return row[-1]
+  _check(prediction, reference)
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f'n must be a positive int, got {n!r}.')
+  key = f'rouge{n}'
+  return float(_scorer((key,)).score(reference, prediction)[key].fmeasure)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-  """ROUGE-L F-measure: longest common word subsequence (Lin 2004, sec. 3)."""
-  pred, ref = words(prediction), words(reference)
-  return _f_measure(_lcs(pred, ref), len(pred), len(ref))
+  """ROUGE-L F-measure: longest common word subsequence (Lin 2004, sec. 3).
+
+  Computed by rouge-score (`RougeScorer(['rougeL'])`, no stemmer).
+  """
+  _check(prediction, reference)
+  return float(_scorer(('rougeL',)).score(reference, prediction)
+               ['rougeL'].fmeasure)
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
-  """`{'rouge1', 'rouge2', 'rougeL'}` F-measures of `prediction`."""
-  return {'rouge1': rouge_n(prediction, reference, 1),
-          'rouge2': rouge_n(prediction, reference, 2),
-          'rougeL': rouge_l(prediction, reference)}
+  """`{'rouge1', 'rouge2', 'rougeL'}` F-measures of `prediction`.
+
+  One rouge-score `RougeScorer(['rouge1', 'rouge2', 'rougeL'],
+  use_stemmer=False)`, the settings of the `rouge` metric in Hugging Face
+  `datasets` that LAMP (Balunovic et al. 2022) reports with.
+
+  Args:
+    prediction: the recovered sentence.
+    reference: the true sentence.
+
+  Returns:
+    `{'rouge1', 'rouge2', 'rougeL'}`, each an F-measure in [0, 1].
+  """
+  _check(prediction, reference)
+  result = _scorer(_ROUGE_TYPES).score(reference, prediction)
+  return {k: float(result[k].fmeasure) for k in _ROUGE_TYPES}
 
 
 def scores(recovered: ArrayLike, reference: ArrayLike, recovered_text: str,

@@ -94,6 +94,98 @@ class GridTest(parameterized.TestCase):
           np.zeros(snap_shape), steps, labels=labels)
 
 
+class LinePlotTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = self.enter_context(tempfile.TemporaryDirectory())
+
+  def _legend(self, fig):
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+  @parameterized.parameters((480, 320), (640, 360))
+  def test_writes_a_png_of_the_size(self, width, height):
+    path = os.path.join(self.tmp, 'sub', 'plot.png')
+    figures.save_line_plot(path, {'a': ([1, 2, 4], [10, None, 30])},
+                           xlabel='x', ylabel='y', title='t',
+                           size=(width, height))
+    with Image.open(path) as image:
+      self.assertEqual(image.format, 'PNG')
+      self.assertEqual(image.size, (width, height))
+
+  def test_every_series_is_drawn_and_named(self):
+    # A sweep's defenses: two with strengths, one with a single strength,
+    # and casts, which have no strength (x None or -inf, as log10(0)).
+    series = {
+        'gaussian': ([-4, -3, -2, -1], [9.6, 6.2, 5.6, 5.4]),
+        'prune_layer': ([-2, -1, -0.7], [41.8, 21.2, 12.7]),
+        'one_strength': ([-3], [20.0]),
+        'float16': ([None], [42.5]),
+        'int8': ([float('-inf')], [23.7]),
+        'never': ([1, 2], [None, float('nan')]),
+    }
+    fig = figures._line_plot_figure(  # pylint: disable=protected-access
+        series, xlabel='log10(strength)', ylabel='mean PSNR (dB)',
+        title='DLG vs defenses', size=(640, 360))
+    self.assertEqual(self._legend(fig), [
+        'gaussian', 'prune_layer', 'one_strength (one point)',
+        'float16 (no x value)', 'int8 (no x value)'])
+    ax = fig.axes[0]
+    self.assertEqual(ax.get_xscale(), 'linear')
+    self.assertEqual(ax.get_ylim()[0], 0.0)
+    self.assertGreater(ax.get_ylim()[1], 42.5)
+    drawn = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn['one_strength (one point)'].get_xydata(),
+                                  [[-3, 20.0]])
+    self.assertEqual(drawn['one_strength (one point)'].get_linestyle(), 'None')
+    self.assertEqual(drawn['float16 (no x value)'].get_linestyle(), '--')
+    self.assertEqual(list(drawn['int8 (no x value)'].get_ydata()), [23.7, 23.7])
+    # And the PNG shows the horizontal line in the cast's colour (C3).
+    path = os.path.join(self.tmp, 'defenses.png')
+    figures.save_line_plot(path, series, xlabel='log10(strength)',
+                           ylabel='mean PSNR (dB)', size=(640, 360))
+    img = _read(path).astype(int)
+    red = np.all(np.abs(img - [214, 39, 40]) < 30, axis=-1)  # tab:red
+    self.assertGreater(red.sum(axis=1).max(), 200)
+
+  def test_x_spanning_decades_is_logarithmic(self):
+    fig = figures._line_plot_figure(  # pylint: disable=protected-access
+        {'a': ([1e-4, 1e-3, 1e-2], [1, 2, 3])}, xlabel='x', ylabel='y',
+        title='', size=(480, 320))
+    self.assertEqual(fig.axes[0].get_xscale(), 'log')
+    fig = figures._line_plot_figure(  # pylint: disable=protected-access
+        {'a': ([1, 2, 4, 8], [1, 2, 3, 4])}, xlabel='batch', ylabel='y',
+        title='', size=(480, 320))
+    ax = fig.axes[0]
+    self.assertEqual(ax.get_xscale(), 'linear')
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 8]
+    self.assertTrue(all(float(t).is_integer() for t in ticks), ticks)
+
+  def test_tick_labels_do_not_overlap(self):
+    # The Pillow plot wrote '-0.30.2' for ticks at every x of a sweep.
+    fig = figures._line_plot_figure(  # pylint: disable=protected-access
+        {'p': ([-2, -1, -0.7, -0.5, -0.3, -0.2], [40, 21, 12, 8, 6, 5])},
+        xlabel='log10(strength)', ylabel='PSNR', title='t', size=(480, 320))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((t.get_window_extent(renderer)
+                    for t in fig.axes[0].get_xticklabels()
+                    if t.get_text()), key=lambda b: b.x0)
+    self.assertGreater(len(boxes), 2)
+    for left, right in zip(boxes, boxes[1:]):
+      self.assertLess(left.x1, right.x0)
+
+  def test_bad_input(self):
+    path = os.path.join(self.tmp, 'x.png')
+    with self.assertRaisesRegex(ValueError, 'no finite point'):
+      figures.save_line_plot(path, {'a': ([1], [None])}, xlabel='x',
+                             ylabel='y')
+    with self.assertRaisesRegex(ValueError, "'a' has 2 xs and 1 ys"):
+      figures.save_line_plot(path, {'a': ([1, 2], [3])}, xlabel='x',
+                             ylabel='y')
+    self.assertFalse(os.path.exists(path))
+
+
 class JsonTest(absltest.TestCase):
 
   def setUp(self):
