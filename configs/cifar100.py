@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.split = 'test'
   # Attack the first `count` images. Unset (a typed None): every image of
   # `npz`, or the first 10 of bundled or TFDS data
-  # (experiments.attack.DEFAULT_COUNT).
+  # (dlg_jax.pipelines.common.DEFAULT_COUNT).
   config.data.count = ml_collections.config_dict.placeholder(int)
   # Images behind one shared gradient; targets are consecutive groups of
   # `batch_size` of the first `count` images (count must be a multiple).

@@ -19,8 +19,8 @@ from dlg_jax import figures
 from dlg_jax import labels
 from dlg_jax import matching
 from dlg_jax import models
-from experiments import attack as attack_launcher
-from experiments import batch_study
+from dlg_jax.pipelines import attack as attack_pipeline
+from dlg_jax.pipelines import batch_study
 
 _NUM_CLASSES = 10
 _SHAPE = (16, 16, 3)
@@ -362,7 +362,7 @@ class LauncherTest(parameterized.TestCase):
   def test_bad_config_names_key(self, overrides, message):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     with self.assertRaisesRegex(ValueError, message):
-      attack_launcher.run(self._config(**overrides), workdir)
+      attack_pipeline.run(self._config(**overrides), workdir)
     # Nothing was attacked.
     self.assertFalse(os.path.exists(os.path.join(workdir, 'results.json')))
 
@@ -371,7 +371,7 @@ class LauncherTest(parameterized.TestCase):
     config = self._config(**{'attack.num_steps': 30,
                              'attack.chunk_size': 30,
                              'attack.snapshot_steps': (0, 10)})
-    results = attack_launcher.run(config, workdir)
+    results = attack_pipeline.run(config, workdir)
     with open(os.path.join(workdir, 'results.json')) as f:
       self.assertEqual(json.load(f), json.loads(json.dumps(results)))
     records = results['records']

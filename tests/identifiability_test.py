@@ -11,7 +11,7 @@ import numpy as np
 
 from dlg_jax import attack as attack_lib
 from dlg_jax import identifiability
-from experiments import noise_bound
+from dlg_jax.pipelines import noise_bound
 
 _SHAPE = (4, 4, 2)
 _CLASSES = 5

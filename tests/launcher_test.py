@@ -1,4 +1,6 @@
-"""End-to-end tests of the vision launcher, experiments/attack.py.
+"""End-to-end tests of the vision attack, dlg_jax/pipelines/attack.py.
+
+The launcher, experiments/attack.py, is run as a command once.
 
 Also the text launcher's refusal of unreadable npz files, which shares the
 vision loader's checks.
@@ -22,8 +24,9 @@ from configs import mnist as mnist_config
 from dlg_jax import data
 from dlg_jax import errors
 from dlg_jax import metrics
-from experiments import attack as attack_launcher
-from experiments import attack_text
+from dlg_jax.pipelines import attack as attack_pipeline
+from dlg_jax.pipelines import common
+from dlg_jax.pipelines import text_attack as text_pipeline
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +73,7 @@ class QuickRunTest(absltest.TestCase):
     config = _override(mnist_config.get_config('quick'), {
         'attack.num_steps': 300, 'attack.chunk_size': 150,
         'attack.snapshot_steps': (0, 10, 50)})
-    results = attack_launcher.run(config, workdir)
+    results = attack_pipeline.run(config, workdir)
 
     records = results['records']
     self.assertLen(records, 2)
@@ -93,14 +96,14 @@ class QuickRunTest(absltest.TestCase):
 
   def test_user_npz_is_attacked(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    src = np.load(os.path.join(os.path.dirname(attack_launcher.__file__),
-                               '..', 'dlg_jax', 'samples', 'mnist_samples.npz'))
+    src = np.load(os.path.join(_REPO, 'dlg_jax', 'samples',
+                               'mnist_samples.npz'))
     npz = os.path.join(workdir, 'mine.npz')
     np.savez(npz, x=src['x'][5:7], y=src['y'][5:7])
     config = _override(mnist_config.get_config('quick'), {
         'data.npz': npz, 'attack.num_steps': 200, 'attack.chunk_size': 200,
         'attack.snapshot_steps': (0,)})
-    results = attack_launcher.run(config, os.path.join(workdir, 'out'))
+    results = attack_pipeline.run(config, os.path.join(workdir, 'out'))
     self.assertEqual([r['label'] for r in results['records']],
                      [int(v) for v in src['y'][5:7]])
 
@@ -116,7 +119,7 @@ class SmallImagesTest(absltest.TestCase):
   def test_7x7_npz_without_count_attacks_every_image_with_ssim(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     npz = _small_cifar_npz(os.path.join(workdir, 'small.npz'), 7)
-    results = attack_launcher.run(self._config(npz),
+    results = attack_pipeline.run(self._config(npz),
                                   os.path.join(workdir, 'out'))
     with open(os.path.join(workdir, 'out', 'results.json')) as f:
       written = json.load(f)
@@ -148,7 +151,7 @@ class SmallImagesTest(absltest.TestCase):
 
     with mock.patch.object(metrics, 'ssim', flaky_ssim), self.assertLogs(
         level='WARNING') as logs:
-      results = attack_launcher.run(self._config(npz),
+      results = attack_pipeline.run(self._config(npz),
                                     os.path.join(workdir, 'out'))
     self.assertTrue(any('ssim' in line and 'null' in line
                         for line in logs.output), logs.output)
@@ -177,11 +180,11 @@ class CountTest(absltest.TestCase):
     config = cifar100_config.get_config()
     self.assertIsNone(config.data.count)
     # The README's command: the first 10 of the 20 bundled images.
-    self.assertEqual(attack_launcher.target_count(
-        config, len(attack_launcher.load_data(config).x)), 10)
+    self.assertEqual(common.target_count(
+        config, len(common.load_data(config).x)), 10)
     # A user's npz of 2 images: both.
     config.data.npz = _small_cifar_npz(os.path.join(tmp, 'two.npz'), 16)
-    ds, _, _ = attack_launcher.build(config, attack_launcher.load_data(config))
+    ds, _, _ = common.build(config, common.load_data(config))
     self.assertEqual(ds.x.shape, (2, 16, 16, 3))
 
   def test_explicit_count_is_checked_against_the_npz(self):
@@ -191,7 +194,7 @@ class CountTest(absltest.TestCase):
     config.data.count = 3
     with self.assertRaisesRegex(errors.ConfigError,
                                 r'config\.data\.count must be in \[1, 2\]'):
-      attack_launcher.run(config, os.path.join(tmp, 'out'))
+      attack_pipeline.run(config, os.path.join(tmp, 'out'))
     self.assertEqual(_written(os.path.join(tmp, 'out')), [])
 
 
@@ -224,7 +227,7 @@ class BadInputTest(parameterized.TestCase):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     config = _override(cifar100_config.get_config('quick'), overrides)
     with self.assertRaisesRegex(Exception, message):
-      attack_launcher.run(config, workdir)
+      attack_pipeline.run(config, workdir)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'results.json')))
 
   @parameterized.named_parameters(
@@ -250,7 +253,7 @@ class BadInputTest(parameterized.TestCase):
     config = _override(cifar100_config.get_config('quick'), {'data.npz': npz})
     with self.assertRaisesRegex(errors.ConfigError,
                                 r'^config\.data\.npz: .*data\.npz') as cm:
-      attack_launcher.run(config, workdir)
+      attack_pipeline.run(config, workdir)
     self.assertNotIn('pickle', str(cm.exception).lower())
     self.assertEqual(_written(workdir), [])
 
@@ -263,7 +266,7 @@ class BadInputTest(parameterized.TestCase):
     config.data[key] = npz
     with self.assertRaisesRegex(errors.ConfigError,
                                 rf'^config\.data\.{key}: .*empty') as cm:
-      attack_text.prepare(config)
+      text_pipeline.prepare(config)
     self.assertNotIn('pickle', str(cm.exception).lower())
 
   def test_images_too_small_for_ssim_fail_before_compiling(self):
@@ -272,7 +275,7 @@ class BadInputTest(parameterized.TestCase):
         'data.npz': _small_cifar_npz(os.path.join(tmp, 'tiny.npz'), 2)})
     with self.assertRaisesRegex(errors.ConfigError,
                                 r'config\.data\.npz: .*at least 3x3.*2x2'):
-      attack_launcher.run(config, os.path.join(tmp, 'out'))
+      attack_pipeline.run(config, os.path.join(tmp, 'out'))
     # config.json is written after the checks, before anything compiles.
     self.assertEqual(_written(os.path.join(tmp, 'out')), [])
 
@@ -298,14 +301,14 @@ class BadInputTest(parameterized.TestCase):
     npz = self._npz(x=np.zeros((2, 8, 8, 3), np.uint8))
     config = _override(cifar100_config.get_config('quick'), {'data.npz': npz})
     with self.assertRaisesRegex(ValueError, r'config\.data\.npz.*y'):
-      attack_launcher.run(
+      attack_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
   def test_npz_wrong_shape(self):
     npz = self._npz(x=np.zeros((2, 8), np.uint8), y=np.zeros(2, int))
     config = _override(cifar100_config.get_config('quick'), {'data.npz': npz})
     with self.assertRaisesRegex(ValueError, r'config\.data\.npz.*x'):
-      attack_launcher.run(
+      attack_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
   def test_images_too_small_for_the_model(self):
@@ -313,7 +316,7 @@ class BadInputTest(parameterized.TestCase):
     config = _override(cifar100_config.get_config('quick'), {
         'data.npz': npz, 'model.name': 'convnet'})
     with self.assertRaisesRegex(ValueError, r'config\.model\.name.*\(4, 4, 3\)'):
-      attack_launcher.run(
+      attack_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
   def test_unwritable_workdir(self):
@@ -322,12 +325,12 @@ class BadInputTest(parameterized.TestCase):
     with open(blocker, 'w') as f:
       f.write('not a directory')
     with self.assertRaisesRegex(ValueError, '--workdir'):
-      attack_launcher.run(cifar100_config.get_config('quick'),
+      attack_pipeline.run(cifar100_config.get_config('quick'),
                           os.path.join(blocker, 'out'))
 
   def test_url_workdir_is_refused_not_made_locally(self):
     with self.assertRaisesRegex(ValueError, '--workdir .*is a URL'):
-      attack_launcher.check_workdir('gs://bucket/run')
+      common.check_workdir('gs://bucket/run')
     self.assertFalse(os.path.exists('gs:'))
 
 

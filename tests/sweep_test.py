@@ -1,4 +1,4 @@
-"""Tests of the resumable defense sweep (dlg_jax/sweep.py, experiments/sweep.py)."""
+"""Tests of the resumable defense sweep (dlg_jax/sweep.py, dlg_jax/pipelines/sweep.py)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 
 from configs import defenses as defenses_config
 from dlg_jax import sweep
-from experiments import sweep as sweep_launcher
+from dlg_jax.pipelines import sweep as sweep_pipeline
 from tests import parallel_worker
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -227,7 +227,7 @@ class LauncherTest(parameterized.TestCase):
 
   def test_writes_outputs(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    results = sweep_launcher.run(_quick_config(), workdir)
+    results = sweep_pipeline.run(_quick_config(), workdir)
     records = results['records']
     self.assertLen(records, 3)  # gaussian x 2 + float16, 1 image
     for r in records:
@@ -252,7 +252,7 @@ class LauncherTest(parameterized.TestCase):
     config.sweep.strengths.gaussian = (1e-4, 1e1)
     config.utility.steps = 30
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    results = sweep_launcher.run(config, workdir)
+    results = sweep_pipeline.run(config, workdir)
     rows = results['summary']['by_defense_and_strength']
     accuracy = {r['strength']: r['accuracy'] for r in rows}
     baseline = results['summary']['utility']['baseline_accuracy']
@@ -287,14 +287,14 @@ class LauncherTest(parameterized.TestCase):
       else:
         config.sweep[key] = value
     with self.assertRaisesRegex(ValueError, message):
-      sweep_launcher.run(
+      sweep_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
   def test_gaussian_prior_is_refused_by_name(self):
     config = _quick_config()
     config.attack.prior_weight = 1e-6
     with self.assertRaisesRegex(ValueError, 'config.attack.prior_weight'):
-      sweep_launcher.run(
+      sweep_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
   def test_batch_above_one_names_the_key(self):
@@ -302,7 +302,7 @@ class LauncherTest(parameterized.TestCase):
     config.data.batch_size = 2
     config.data.count = 2
     with self.assertRaisesRegex(ValueError, 'config.data.batch_size'):
-      sweep_launcher.run(
+      sweep_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
 

@@ -18,7 +18,7 @@ import jax
 from configs import defenses as defenses_config
 from dlg_jax import errors
 from dlg_jax import sweep
-from experiments import sweep as sweep_launcher
+from dlg_jax.pipelines import sweep as sweep_pipeline
 from tests import parallel_worker
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -73,14 +73,14 @@ class RefusalTest(absltest.TestCase):
 
   def test_launcher_refuses_another_config_and_changes_nothing(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    sweep_launcher.run(_quick_config(), workdir)
+    sweep_pipeline.run(_quick_config(), workdir)
     before = _snapshot(workdir)
     self.assertIn('config.json', before)
     self.assertIn('results.json', before)
     self.assertNotIn(sweep.LOCK_FILE, before)  # Removed when the run ended.
 
     with self.assertRaises(errors.ConfigError) as caught:
-      sweep_launcher.run(_quick_config(strengths=(1e-3,)), workdir)
+      sweep_pipeline.run(_quick_config(strengths=(1e-3,)), workdir)
     message = str(caught.exception)
     self.assertStartsWith(message, '--workdir: ')
     self.assertIn('different spec', message)
@@ -215,7 +215,7 @@ class LockTest(absltest.TestCase):
         self.assertEqual(f.read().strip(), str(holder.pid))
       before = _snapshot(workdir)
       with self.assertRaises(errors.ConfigError) as caught:
-        sweep_launcher.run(_quick_config(), workdir)
+        sweep_pipeline.run(_quick_config(), workdir)
       message = str(caught.exception)
       self.assertStartsWith(message, '--workdir: ')
       self.assertIn(f'held by another sweep (pid {holder.pid}', message)
@@ -226,7 +226,7 @@ class LockTest(absltest.TestCase):
     self.assertEqual(holder.returncode, -signal.SIGKILL)
     # A killed holder leaves its file, but not its lock.
     self.assertTrue(os.path.exists(lock_file))
-    results = sweep_launcher.run(_quick_config(), workdir)
+    results = sweep_pipeline.run(_quick_config(), workdir)
     self.assertLen(results['records'], 2)
     self.assertFalse(os.path.exists(lock_file))
 

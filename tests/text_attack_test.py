@@ -14,7 +14,7 @@ from configs import bert as bert_config
 from dlg_jax import bert
 from dlg_jax import text
 from dlg_jax import text_attack
-from experiments import attack_text
+from dlg_jax.pipelines import text_attack as attack_text
 
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')

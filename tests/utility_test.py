@@ -1,4 +1,4 @@
-"""Tests of the utility study (dlg_jax/utility.py, experiments/utility.py)."""
+"""Tests of the utility study (dlg_jax/utility.py, dlg_jax/pipelines/utility.py)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import numpy as np
 from configs import utility as utility_config
 from dlg_jax import data
 from dlg_jax import utility
-from experiments import utility as utility_launcher
+from dlg_jax.pipelines import utility as utility_pipeline
 from tests import isolated
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -43,7 +43,7 @@ class LauncherTest(absltest.TestCase):
 
   def test_quick_run_learns_without_defense_and_not_under_huge_noise(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
-    results = utility_launcher.run(_quick_config(), workdir)
+    results = utility_pipeline.run(_quick_config(), workdir)
 
     with open(os.path.join(workdir, 'utility.json')) as f:
       written = json.load(f)
@@ -73,7 +73,7 @@ class LauncherTest(absltest.TestCase):
     config.utility.defenses = ('none', 'blur')
     config.utility.strengths.blur = (1.0,)
     with self.assertRaisesRegex(ValueError, r'config\.utility.*blur'):
-      utility_launcher.run(
+      utility_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
 
 

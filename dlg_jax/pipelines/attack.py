@@ -1,0 +1,375 @@
+"""The vision attack (DLG / iDLG) of a config: `experiments/attack.py`.
+
+`run(config, workdir)` recovers images and labels from client gradients and
+writes into `workdir`: `results.json` (a `records` list, one per original
+image, and a `summary`), `config.json` (to rerun) and `reconstruction.png`
+(ground truth, then the reconstruction over iterations). Its steps are
+public so that another pipeline (the batch study) can reuse a built attack:
+`prepare` (checks, data, prior, model, attack, `config.json`),
+`reconstruct` (the shared gradients, the reconstruction and its records)
+and `write_outputs` (the figure).
+"""
+
+import os
+import statistics
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlg_jax import attack as attack_lib
+from dlg_jax import data
+from dlg_jax import errors
+from dlg_jax import figures
+from dlg_jax import matching
+from dlg_jax import metrics
+from dlg_jax import objectives
+from dlg_jax.pipelines import common
+
+# The `dlg_jax.metrics` functions of each record, under the best pairing.
+IMAGE_METRICS = ('mse', 'psnr', 'ssim')
+
+
+class Setup(NamedTuple):
+  """What `prepare` builds from a config.
+
+  Attributes:
+    ds: the targets, the first `common.target_count` images.
+    params: the model's weights.
+    attack: the attack.
+    prior: the Gaussian image prior, or None.
+  """
+  ds: data.Dataset
+  params: Any
+  attack: attack_lib.Attack
+  prior: objectives.GaussianPrior | None
+
+
+def prior_indices(spec: str, count: int, n: int) -> list[int]:
+  """The images `config.attack.prior_images` names, as sorted indices."""
+  if spec == 'unattacked':
+    # As pretraining: the images not attacked, or all when none are left.
+    return list(range(count, n)) if count < n else list(range(n))
+  indices = set()
+  try:
+    for part in spec.split(','):
+      lo, _, hi = part.strip().partition('-')
+      indices.update(range(int(lo), int(hi or lo) + 1))
+  except ValueError:
+    raise errors.ConfigError(
+        'config.attack.prior_images must be "unattacked" or indices such as '
+        f'"0-7,16-19", got {spec!r}.') from None
+  if not indices or min(indices) < 0 or max(indices) >= n:
+    raise errors.ConfigError(
+        f'config.attack.prior_images {spec!r} must name images in [0, {n}).')
+  if set(range(count)) & indices:
+    logging.warning('config.attack.prior_images %r includes attacked images '
+                    '(the first %d): the prior has seen them.', spec, count)
+  return sorted(indices)
+
+
+def fit_prior(config, ds: data.Dataset) -> objectives.GaussianPrior | None:
+  """The Gaussian image prior of `config.attack`, fitted on `ds` (all images).
+
+  None when `config.attack.prior_weight` is 0.
+  """
+  a = config.attack
+  if a.prior_weight < 0:
+    raise errors.ConfigError(
+        f'config.attack.prior_weight must be >= 0, got {a.prior_weight}.')
+  if not a.prior_weight:
+    return None
+  indices = prior_indices(
+      a.prior_images, common.target_count(config, len(ds.x)), len(ds.x))
+  logging.info('Gaussian image prior (weight %g) fitted on images %s',
+               a.prior_weight, indices)
+  return errors.under('config.attack.prior_floor',
+                      objectives.fit_gaussian_prior, ds.x[indices],
+                      floor=a.prior_floor)
+
+
+def prepare(config, workdir: str) -> Setup:
+  """Checks everything, builds the attack and writes `config.json`.
+
+  Raises:
+    ConfigError: a bad config value or workdir, named, before anything is
+      compiled (but pretraining) or written.
+  """
+  common.check_workdir(workdir)
+  full = common.load_data(config)
+  # The prior's checks first: build pretrains (compiles) the model.
+  prior = fit_prior(config, full)
+  ds, params, attack = common.build(config, full)
+  figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  return Setup(ds, params, attack, prior)
+
+
+def shared_gradients(setup: Setup) -> tuple[jax.Array, jax.Array, Any]:
+  """The targets and their shared gradients (or FedAvg updates).
+
+  Returns:
+    `(x [targets, batch, h, w, c], y [targets, batch], grads)`.
+
+  Raises:
+    ConfigError: a target whose gradient is not finite.
+  """
+  ds, params, attack = setup.ds, setup.params, setup.attack
+  batch = attack.batch
+  num_targets = len(ds.x) // batch
+  x = jnp.asarray(ds.x).reshape(num_targets, batch, *ds.x.shape[1:])
+  y = jnp.asarray(ds.y).reshape(num_targets, batch)
+  onehot = jax.nn.one_hot(y, attack.num_classes)
+  grads = jax.jit(jax.vmap(lambda xb, yb: attack_lib.shared_update(
+      attack, params, xb, yb)))(x, onehot)
+  bad = [int(i) for i in np.nonzero(~np.all(np.stack([
+      np.all(np.isfinite(g), axis=tuple(range(1, g.ndim)))
+      for g in jax.tree.leaves(grads)]), axis=0))[0]]
+  if bad:
+    images = [int(ds.index[t * batch + k]) for t in bad for k in range(batch)]
+    raise errors.ConfigError(
+        f'config.data: the shared gradients of targets {bad} (images '
+        f'{images} of {ds.name}) are not finite: the model overflows on '
+        'them, so there is nothing to attack. Check those images, or '
+        'config.model.')
+  return x, y, grads
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+def _score_each(recon: jax.Array, ref: jax.Array, labels: jax.Array,
+                true_labels: jax.Array):
+  """`score_target` one pairing, metric and image at a time."""
+  batch = ref.shape[0]
+  failed = [{} for _ in range(batch)]
+  try:
+    perm = matching.match(recon, ref)
+  except Exception as e:  # pylint: disable=broad-except
+    # Slot k stays with original k, as for a batch of one.
+    perm = np.arange(batch)
+    for f in failed:
+      f['matched_to'] = f'{type(e).__name__}: {e}'
+    logging.warning('pairing reconstructions with originals failed (%s: %s); '
+                    'kept them in slot order', type(e).__name__, e)
+  paired = jnp.clip(jnp.asarray(recon, jnp.float32)[perm], 0.0, 1.0)
+  ref = jnp.asarray(ref, jnp.float32)
+  scores = {}
+  for name in IMAGE_METRICS:
+    scores[name] = []
+    for k in range(batch):
+      try:
+        scores[name].append(float(getattr(metrics, name)(paired[k], ref[k])))
+      except Exception as e:  # pylint: disable=broad-except
+        scores[name].append(None)
+        failed[k][name] = f'{type(e).__name__}: {e}'
+        logging.warning('%s of original %d failed (%s: %s); recorded as null',
+                        name, k, type(e).__name__, e)
+  label_correct = (np.asarray(labels).reshape(-1)[perm]
+                   == np.asarray(true_labels).reshape(-1))
+  return perm, scores, label_correct, failed
+
+
+def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
+                 true_labels: jax.Array
+                 ) -> tuple[np.ndarray, dict[str, list[float | None]],
+                            np.ndarray, list[dict[str, str]]]:
+  """Scores one target's reconstructions, keeping what can be computed.
+
+  `matching.matched_metrics` scores the whole batch at once. Should it fail,
+  the pairing and each metric of each original are computed on their own: a
+  metric that fails there is None, its error is logged as a warning and
+  noted, and every other value is kept, so that an attack that has run is
+  never lost to its scoring.
+
+  Args:
+    recon: reconstructions `[batch, h, w, c]`.
+    ref: originals `[batch, h, w, c]`.
+    labels: `[batch]` the attacker's label of each reconstruction slot.
+    true_labels: `[batch]` the originals' labels.
+
+  Returns:
+    `(matched_to [batch], {metric: [batch] values or None},
+    label_correct [batch], [batch] {metric: error} of the failures)`.
+  """
+  batch = ref.shape[0]
+  try:
+    m = matching.matched_metrics(recon, ref, labels, true_labels)
+    return (m.matched_to,
+            {name: [float(v) for v in getattr(m, name)]
+             for name in IMAGE_METRICS},
+            m.label_correct, [{} for _ in range(batch)])
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('scoring a target failed (%s: %s); scoring each metric '
+                    'and image on its own', type(e).__name__, e)
+  return _score_each(recon, ref, labels, true_labels)
+
+
+def _target_records(ds: data.Dataset, result: attack_lib.Result,
+                    t: int, batch: int, x: jax.Array, y: jax.Array
+                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+  """The records of target `t`'s originals, and its pairing."""
+  perm, scores, label_correct, failed = score_target(
+      result.x[t], x[t], result.labels[t], y[t])
+  success_step = int(result.success_step[t])
+  records = []
+  for k in range(batch):
+    i = t * batch + k
+    slot = int(perm[k])
+    records.append({
+        'index': int(ds.index[i]),
+        'label': int(ds.y[i]),
+        'predicted_label': int(result.labels[t, slot]),
+        'label_correct': bool(label_correct[k]),
+        **{name: scores[name][k] for name in IMAGE_METRICS},
+        'batch': t,
+        'matched_to': slot,
+        'seconds': float(result.seconds[t]),
+        'steps': int(result.steps[t]),
+        'distance': float(result.distance[t]),
+        'restart': int(result.restart[t]),
+        # The step at which the whole batch first reached success_psnr.
+        'success_step': success_step,
+        # The target's time (all restarts) up to the step of success.
+        'seconds_to_success': (
+            float(result.seconds[t] * success_step / result.steps[t])
+            if success_step >= 0 else None),
+    })
+    if failed[k]:
+      records[-1]['metric_errors'] = failed[k]
+    logging.info(
+        'batch %d image %d (index %d, slot %d): PSNR %s dB, SSIM %s, '
+        'label %s, %d steps, %.2f s', t, k, ds.index[i], slot,
+        _fmt(scores['psnr'][k], '.2f'), _fmt(scores['ssim'][k], '.3f'),
+        'correct' if label_correct[k] else 'WRONG', result.steps[t],
+        result.seconds[t])
+  return records, perm
+
+
+def reconstruct(config, setup: Setup
+           ) -> tuple[attack_lib.Result, list[dict[str, Any]],
+                      np.ndarray]:
+  """Attacks every target of `setup` and scores the reconstructions.
+
+  Returns:
+    `(result, records, order)`: the attack's result, one record per
+    original, and `[targets, batch]` the slot paired with each original.
+  """
+  ds, attack_ = setup.ds, setup.attack
+  batch = attack_.batch
+  num_targets = len(ds.x) // batch
+  logging.info('%d devices; attacking %d %s images %s in %d batches of %d '
+               'with %s', jax.device_count(), len(ds.x), ds.name,
+               ds.x.shape[1:], num_targets, batch, config.model.name)
+  x, y, grads = shared_gradients(setup)
+  result = attack_lib.reconstruct(
+      attack_, setup.params, grads, y, jax.random.PRNGKey(config.seed),
+      restarts=config.attack.restarts, ground_truth=x,
+      chunk_size=config.attack.chunk_size,
+      max_parallel=config.attack.max_parallel or None, prior=setup.prior)
+  records, perms = [], []
+  for t in range(num_targets):
+    mine, perm = _target_records(ds, result, t, batch, x, y)
+    records += mine
+    perms.append(perm)
+  return result, records, np.stack(perms)
+
+
+def write_outputs(workdir: str, setup: Setup,
+                  result: attack_lib.Result,
+                  records: list[dict[str, Any]], order: np.ndarray) -> None:
+  """`reconstruction.png`: ground truth, then each snapshot, paired.
+
+  Every snapshot column shows, for each original, the slot paired with it
+  at the end (`order`, `[targets, batch]`).
+  """
+  ds, batch = setup.ds, setup.attack.batch
+  steps = list(setup.attack.snapshot_steps) + ['final']
+  snapshots = np.concatenate([result.snapshots, result.x[None]], axis=0)
+  snapshots = np.take_along_axis(
+      snapshots, order[None, :, :, None, None, None], axis=2)
+  snapshots = snapshots.reshape(len(steps), len(ds.x), *ds.x.shape[1:])
+  names = [ds.class_names[r['label']] if r['label'] < len(ds.class_names)
+           else '' for r in records]
+  figures.save_reconstruction_grid(
+      os.path.join(workdir, 'reconstruction.png'), ds.x, snapshots, steps,
+      labels=[(f'b{r["batch"]} ' if batch > 1 else '')
+              + (f'{r["index"]}: {name}' if name else str(r['index']))
+              for r, name in zip(records, names)])
+
+
+def run_prepared(config, workdir: str, setup: Setup) -> dict[str, Any]:
+  """`run` on what `prepare` built: attacks, writes, returns `results.json`."""
+  result, records, order = reconstruct(config, setup)
+  results = {'records': records,
+             'summary': summarize(records, config.success_psnr,
+                                  result.compile_seconds)}
+  # Written before the figure, so that a figure that fails loses nothing.
+  figures.save_json(os.path.join(workdir, 'results.json'), results)
+  write_outputs(workdir, setup, result, records, order)
+  logging.info('summary: %s', results['summary'])
+  return results
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Runs the attack described by `config` and writes the outputs to `workdir`.
+
+  Args:
+    config: a `configs/cifar100.py`-style config.
+    workdir: where `results.json`, `config.json` and `reconstruction.png`
+      go.
+
+  Returns:
+    The content of `results.json`.
+
+  Raises:
+    ConfigError: a bad config value or workdir, named, before anything is
+      compiled; targets whose shared gradients are not finite.
+  """
+  return run_prepared(config, workdir, prepare(config, workdir))
+
+
+def _stat(fn, values) -> float | None:
+  """`fn` of the values that are not None (a failed metric); None if none."""
+  values = [v for v in values if v is not None]
+  return fn(values) if values else None
+
+
+def summarize(records: list[dict[str, Any]], success_psnr: float,
+              compile_seconds: float) -> dict[str, Any]:
+  """Aggregates per-image records (and, for batches, per batch).
+
+  A metric that failed on a record (None) is left out of its means; such a
+  record is not a success.
+  """
+  def success(r):
+    return (r['psnr'] is not None and r['psnr'] >= success_psnr
+            and r['label_correct'])
+
+  successes = [r for r in records if success(r)]
+  batches = {}
+  for r in records:
+    batches.setdefault(r.get('batch', len(batches)), []).append(r)
+  to_success = [r['seconds_to_success'] for r in records
+                if r['seconds_to_success'] is not None]
+  return {
+      'count': len(records),
+      'success_psnr': success_psnr,
+      'successes': len(successes),
+      'success_rate': len(successes) / len(records),
+      'label_accuracy': statistics.mean(r['label_correct'] for r in records),
+      'mean_psnr': _stat(statistics.mean, [r['psnr'] for r in records]),
+      'median_psnr': _stat(statistics.median, [r['psnr'] for r in records]),
+      'mean_ssim': _stat(statistics.mean, [r['ssim'] for r in records]),
+      'median_seconds': statistics.median(r['seconds'] for r in records),
+      'median_seconds_to_success': (
+          statistics.median(to_success) if to_success else None),
+      'compile_seconds': compile_seconds,
+      'batch_size': max(len(b) for b in batches.values()),
+      # A batch succeeds when every original, paired by the best matching,
+      # is at success_psnr with its label right.
+      'batch_success_rate': statistics.mean(
+          all(success(r) for r in b) for b in batches.values()),
+  }
