@@ -245,17 +245,20 @@ class DpSgdTest(parameterized.TestCase):
     cls.params = models.init_params(model, jax.random.key(0), (32, 32, 3))
     cls.x = jnp.asarray(ds.x[:3])
     cls.labels = jax.nn.one_hot(ds.y[:3], _NUM_CLASSES)
-    cls.per_example = defenses.per_example_gradients(
-        cls.apply_fn, cls.params, cls.x, cls.labels)
+    # Jitted: op by op, these gradients take ~10 s each on the 2-core CPU.
+    cls.per_example = jax.jit(defenses.per_example_gradients,
+                              static_argnums=0)(
+                                  cls.apply_fn, cls.params, cls.x, cls.labels)
 
   def test_per_example_gradients_average_to_batch_gradient(self):
-    batch = client.gradient(self.apply_fn, self.params, self.x, self.labels)
+    gradient = jax.jit(client.gradient, static_argnums=0)
+    batch = gradient(self.apply_fn, self.params, self.x, self.labels)
     for g, p in zip(jax.tree.leaves(batch),
                     jax.tree.leaves(self.per_example)):
       self.assertEqual(p.shape, (3, *g.shape))
       np.testing.assert_allclose(p.mean(axis=0), g, rtol=1e-4, atol=1e-6)
-    one = client.gradient(self.apply_fn, self.params, self.x[1:2],
-                          self.labels[1:2])
+    one = gradient(self.apply_fn, self.params, self.x[1:2],
+                   self.labels[1:2])
     _assert_trees_close(self, jax.tree.map(lambda p: p[1], self.per_example),
                         one, rtol=1e-4, atol=1e-6)
 
