@@ -2,7 +2,7 @@ r"""Batched DLG on the bundled CIFAR-100 images: B images behind one gradient.
 
 The client shares the mean gradient of a batch of `data.batch_size`
 consecutive images; the attack optimises that many dummy images, with labels
-read off the gradient by counting (`dlg_jax.labels.label_counts`), and pairs
+read off the gradient by counting (`dlg_jax.vision.labels.label_counts`), and pairs
 reconstructions with originals by the best total PSNR.
 
 A total-variation prior (weight 0.01) is on. Counting shows why B >= 4 needs
@@ -59,7 +59,7 @@ fine detail, which the gradient does not pin down (a weak or no prior fills
 it with noise, not with the original's detail). The default stays constant.
 
 A stationary Gaussian image prior (`config.attack.prior_weight`, fitted on
-the bundled images not attacked; `dlg_jax.objectives.fit_gaussian_prior`)
+the bundled images not attacked; `dlg_jax.core.objectives.fit_gaussian_prior`)
 in place of TV reaches every image; weight 1e-6, `tv_weight=0`, one core:
   images 0-7 (prior on 8-19; `--config.data.batch_size=8
     --config.data.count=8 --config.attack.prior_weight=1e-6

@@ -52,14 +52,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.label_method = 'auto'
   config.attack.distance = 'l2'           # l2 (DLG), cosine (Geiping et al.)
   config.attack.tv_weight = 0.0
-  # Annealing of the TV weight (dlg_jax.attack.tv_weight_at): a cosine from
+  # Annealing of the TV weight (dlg_jax.vision.attack.tv_weight_at): a cosine from
   # tv_weight to tv_final_weight over tv_decay_steps (0: num_steps), in
   # tv_stages constant stages (0: every step). tv_final_weight < 0 keeps
   # the weight at tv_weight (a ConfigDict field cannot be None and float).
   config.attack.tv_final_weight = -1.0
   config.attack.tv_decay_steps = 0
   config.attack.tv_stages = 0
-  # A stationary Gaussian image prior (dlg_jax.objectives.fit_gaussian_prior),
+  # A stationary Gaussian image prior (dlg_jax.core.objectives.fit_gaussian_prior),
   # weight * 0.5 (x - mean)^T Sigma^-1 (x - mean) per image; 0 is off. Fitted
   # on prior_images: 'unattacked' (the images after the first data.count, or
   # all when none are left) or indices such as '0-7,16-19'. prior_floor

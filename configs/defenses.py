@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep = ml_collections.ConfigDict()
   config.sweep.defenses = ('gaussian', 'laplacian', 'float16', 'bfloat16',
                            'int8', 'prune_layer')
-  # Every defense known to dlg_jax.defenses has an entry; only those named
+  # Every defense known to dlg_jax.core.defenses has an entry; only those named
   # in `defenses` run.
   config.sweep.strengths = ml_collections.ConfigDict(
       {k: v for k, v in PAPER_STRENGTHS.items()})
@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.grid_images = 8
 
   # What each defense costs learning, beside its leak in the table
-  # (dlg_jax.utility): a ReLU LeNet trained with SGD on the bundled MNIST
+  # (dlg_jax.vision.utility): a ReLU LeNet trained with SGD on the bundled MNIST
   # (400 train, 100 test) under each (defense, strength); mean test
   # accuracy over the seeds. steps = 0 skips it.
   config.utility = ml_collections.ConfigDict()

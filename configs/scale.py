@@ -3,7 +3,7 @@ r"""A streaming sweep: 10,000 DLG targets through the sharded, resumable sweep.
 The DLG LeNet on the bundled CIFAR-100 images, no defense (Gaussian noise of
 variance 0), 10,000 targets that cycle through the 20 images, each with its
 own random start, for a few L-BFGS steps each. It exercises the machinery
-of `dlg_jax.sweep` at scale: chunks spread over every device, jobs per
+of `dlg_jax.vision.sweep` at scale: chunks spread over every device, jobs per
 device chosen from free memory, one orbax checkpoint appended per chunk,
 and host memory that does not grow with the number of targets.
 

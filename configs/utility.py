@@ -5,7 +5,7 @@ images 0-399, each step's mini-batch gradient passed through one defense
 at one strength; accuracy on the held-out images 400-499. The defenses and
 strengths are the DLG sweep's grid (`configs/defenses.PAPER_STRENGTHS`),
 plus the undefended baseline (`none`) and DP-SGD (noise multipliers, clip
-norm `config.utility.clip_norm`). See `dlg_jax/utility.py` for why this
+norm `config.utility.clip_norm`). See `dlg_jax/vision/utility.py` for why this
 model and SGD.
 
 Command:

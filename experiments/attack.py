@@ -14,7 +14,7 @@ image of a user's npz (`config.data.npz`), or the first `DEFAULT_COUNT` (10)
 of bundled or TFDS data.
 
 A bad config value, flag or file is reported as one line naming the key
-(`dlg_jax.errors.ConfigError`), before anything is compiled; only images
+(`dlg_jax.core.errors.ConfigError`), before anything is compiled; only images
 whose shared gradients are not finite are found once those are computed.
 
 With `--config.data.batch_size=B` each shared gradient is the mean over B
@@ -29,7 +29,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import attack
 
 FLAGS = flags.FLAGS

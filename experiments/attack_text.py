@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import text_attack
 
 FLAGS = flags.FLAGS

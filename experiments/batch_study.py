@@ -8,7 +8,7 @@ Runs the vision attack (as `experiments.attack`) once per batch size in
 (iterations to `config.success_psnr` against the batch size). A batch counts
 as recovered at the first step where every image, under the best pairing of
 reconstructions with originals, reaches `success_psnr`
-(`dlg_jax.attack.batch_success`).
+(`dlg_jax.vision.attack.batch_success`).
 
 It also measures batch label recovery without optimisation on every bundled
 sample set (`config.study.label_sets`) and writes `labels.json` and
@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import batch_study
 
 FLAGS = flags.FLAGS

@@ -20,7 +20,7 @@ import json
 from absl import app
 from absl import flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import benchmark
 
 FLAGS = flags.FLAGS

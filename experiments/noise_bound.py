@@ -9,7 +9,7 @@ the DLG sigmoid LeNet with the weights that
 the shared gradient in the image, at the image and with its true one-hot
 label (iDLG reads that label exactly). It reports the eigenvalues of `J^T J`
 and, for each noise variance, the expected MSE and PSNR of two estimates in
-the linearised model (`dlg_jax.identifiability`):
+the linearised model (`dlg_jax.vision.identifiability`):
 * the least-squares estimate, which is the plain DLG attacker's minimiser;
 * the Bayes (MMSE) estimate under a stationary Gaussian image prior fitted
   on the bundled images that are not attacked (`--prior_images`).
@@ -46,7 +46,7 @@ No eigenvalue is below the floor (`identifiability.default_floor`, ~5e-14).
 from absl import app
 from absl import flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import noise_bound
 
 FLAGS = flags.FLAGS

@@ -28,7 +28,7 @@ Orbax's INFO records of the sweeps' checkpoints are hidden unless
 from absl import app
 from absl import flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import common
 from dlg_jax.pipelines import scale_benchmark
 
@@ -45,7 +45,7 @@ def define_flags() -> None:
   flags.DEFINE_integer(
       'jobs_per_device', 16, 'Jobs per device per chunk in the throughput '
       'runs; 0: targets / devices (one chunk). Simulated CPU devices hung '
-      'XLA:CPU at 32 or more (see dlg_jax/sweep.py).')
+      'XLA:CPU at 32 or more (see dlg_jax/vision/sweep.py).')
   flags.DEFINE_list('stream_targets', ['1000', '10000'],
                     'Job counts for the streaming-memory runs.')
   flags.DEFINE_integer(

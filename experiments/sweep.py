@@ -4,7 +4,7 @@ r"""Sweeps the DLG attack over gradient defenses and strengths (DLG section 5).
 
 Every (defense, strength, target, restart) is one job; jobs run in compiled
 chunks split over every device (see `dlg_jax.pipelines.sweep` and
-`dlg_jax.sweep`), each device running
+`dlg_jax.vision.sweep`), each device running
 `config.sweep.jobs_per_device` jobs per chunk (0: as many as half its free
 memory holds, at most `config.sweep.max_jobs_per_device`). Each finished
 chunk is appended to `<workdir>/checkpoints`; rerunning the same command
@@ -44,8 +44,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlg_jax import errors
-from dlg_jax import parallel
+from dlg_jax.core import errors
+from dlg_jax.core import parallel
 from dlg_jax.pipelines import common
 from dlg_jax.pipelines import sweep
 

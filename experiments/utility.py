@@ -3,7 +3,7 @@ r"""What each gradient defense costs learning: accuracy trained under it.
   python -m experiments.utility --config=configs/utility.py --workdir=runs/utility
 
 Trains one small classifier per (defense, strength, seed) with the defense
-applied to every step's gradient (`dlg_jax.utility`) and writes into the
+applied to every step's gradient (`dlg_jax.vision.utility`) and writes into the
 workdir `utility.json` (`records`, one per model, a `summary` with one row
 per defense and strength, and the `config`) and `utility.md` (the table).
 The file names do not clash with the defense sweep's, so both can share a
@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlg_jax import errors
+from dlg_jax.core import errors
 from dlg_jax.pipelines import utility
 
 FLAGS = flags.FLAGS

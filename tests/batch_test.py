@@ -12,15 +12,15 @@ import numpy as np
 from PIL import Image
 
 from configs import batch as batch_config
-from dlg_jax import attack
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import figures
-from dlg_jax import labels
-from dlg_jax import matching
-from dlg_jax import models
+from dlg_jax.core import client
+from dlg_jax.core import figures
 from dlg_jax.pipelines import attack as attack_pipeline
 from dlg_jax.pipelines import batch_study
+from dlg_jax.vision import attack
+from dlg_jax.vision import data
+from dlg_jax.vision import labels
+from dlg_jax.vision import matching
+from dlg_jax.vision import models
 
 _NUM_CLASSES = 10
 _SHAPE = (16, 16, 3)

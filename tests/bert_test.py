@@ -13,9 +13,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
-from dlg_jax import bert
-from dlg_jax import text
-
+from dlg_jax.text import bert
+from dlg_jax.text import data as text
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

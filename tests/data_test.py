@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.data."""
+"""Tests for dlg_jax.vision.data."""
 
 import os
 import tempfile
@@ -11,8 +11,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from dlg_jax import data
-
+from dlg_jax.vision import data
 _EXPECTED = {
     # name: (shape, num_classes)
     'cifar100': ((20, 32, 32, 3), 100),
@@ -51,7 +50,7 @@ class BundledTest(parameterized.TestCase):
 
   def test_cifar100_fine_labels_match_file(self):
     ds = data.load_bundled('cifar100')
-    with np.load(os.path.join(os.path.dirname(data.__file__), 'samples',
+    with np.load(os.path.join(os.path.dirname(os.path.dirname(data.__file__)), 'samples',
                               'cifar100_samples.npz')) as f:
       np.testing.assert_array_equal(ds.y, f['y'])
       np.testing.assert_array_equal(

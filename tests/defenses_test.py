@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.defenses."""
+"""Tests for dlg_jax.core.defenses."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import defenses
-from dlg_jax import models
-
+from dlg_jax.core import client
+from dlg_jax.core import defenses
+from dlg_jax.vision import data
+from dlg_jax.vision import models
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

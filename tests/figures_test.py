@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.figures."""
+"""Tests for dlg_jax.core.figures."""
 
 import json
 import os
@@ -10,9 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from dlg_jax import figures
-
-
+from dlg_jax.core import figures
 def _read(path):
   with Image.open(path) as im:
     return np.asarray(im.convert('RGB'))

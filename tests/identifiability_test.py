@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.identifiability and the noise_bound launcher checks."""
+"""Tests for dlg_jax.vision.identifiability and the noise_bound launcher checks."""
 
 import functools
 
@@ -9,9 +9,9 @@ from jax import flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import identifiability
 from dlg_jax.pipelines import noise_bound
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import identifiability
 
 _SHAPE = (4, 4, 2)
 _CLASSES = 5

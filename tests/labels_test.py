@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.labels (iDLG label recovery)."""
+"""Tests for dlg_jax.vision.labels (iDLG label recovery)."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import client
-from dlg_jax import labels
-from dlg_jax import models
-
+from dlg_jax.core import client
+from dlg_jax.vision import labels
+from dlg_jax.vision import models
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

@@ -21,12 +21,12 @@ import numpy as np
 from configs import bert as bert_config
 from configs import cifar100 as cifar100_config
 from configs import mnist as mnist_config
-from dlg_jax import data
-from dlg_jax import errors
-from dlg_jax import metrics
+from dlg_jax.core import errors
 from dlg_jax.pipelines import attack as attack_pipeline
 from dlg_jax.pipelines import common
 from dlg_jax.pipelines import text_attack as text_pipeline
+from dlg_jax.vision import data
+from dlg_jax.vision import metrics
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,6 +6,9 @@
 * `dlg_jax/pipelines/` is the only library code that reads ConfigDicts; no
   other `dlg_jax` module imports `absl.flags` or `ml_collections`, and no
   pipeline imports `absl.flags` (a pipeline takes values, not flags).
+* The library is layered: `dlg_jax.core` imports none of `vision`, `text`
+  or `pipelines`; `vision` and `text` import `core` and not each other (nor
+  the pipelines).
 * No code outside the tests silences pylint's protected-access: what one
   module needs from another is public.
 """
@@ -109,6 +112,30 @@ class LibraryTest(absltest.TestCase):
         {'common', 'attack', 'sweep', 'utility', 'batch_study',
          'noise_bound', 'text_attack', 'benchmark', 'scale_benchmark'},
         pipelines)
+
+  def test_layers_import_only_the_layers_below(self):
+    forbidden = {
+        'core': ('vision', 'text', 'pipelines'),
+        'vision': ('text', 'pipelines'),
+        'text': ('vision', 'pipelines'),
+    }
+    offenders = {}
+    for layer, others in forbidden.items():
+      paths = glob.glob(os.path.join(_ROOT, 'dlg_jax', layer, '*.py'))
+      self.assertNotEmpty(paths, layer)
+      for path in paths:
+        found = sorted(m for m in _imported_modules(_tree(path))
+                       for other in others
+                       if m == f'dlg_jax.{other}'
+                       or m.startswith(f'dlg_jax.{other}.'))
+        if found:
+          offenders[os.path.relpath(path, _ROOT)] = found
+    self.assertEqual(offenders, {})
+
+  def test_no_modules_beside_the_layers(self):
+    flat = sorted(os.path.basename(p)
+                  for p in glob.glob(os.path.join(_ROOT, 'dlg_jax', '*.py')))
+    self.assertEqual(flat, ['__init__.py'])
 
   def test_no_protected_access_outside_tests(self):
     paths = _LIBRARY + _LAUNCHERS + glob.glob(

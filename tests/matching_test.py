@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.matching (pairing reconstructions with originals)."""
+"""Tests for dlg_jax.vision.matching (pairing reconstructions with originals)."""
 
 import itertools
 
@@ -7,11 +7,9 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from dlg_jax import data
-from dlg_jax import matching
-from dlg_jax import metrics
-
-
+from dlg_jax.vision import data
+from dlg_jax.vision import matching
+from dlg_jax.vision import metrics
 class MatchingTest(parameterized.TestCase):
 
   def setUp(self):

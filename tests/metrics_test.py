@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.metrics."""
+"""Tests for dlg_jax.vision.metrics."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -7,10 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from dlg_jax import data
-from dlg_jax import metrics
-
-
+from dlg_jax.vision import data
+from dlg_jax.vision import metrics
 def _reference_ssim(x, ref, max_val=1.0, radius=5):
   """Independent SSIM (Wang et al. 2004) with scipy, as skimage computes it.
 

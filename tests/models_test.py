@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.models."""
+"""Tests for dlg_jax.vision.models."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import models
-
+from dlg_jax.vision import models
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.objectives."""
+"""Tests for dlg_jax.core.objectives."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -7,9 +7,8 @@ import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
 
-from dlg_jax import identifiability
-from dlg_jax import objectives
-
+from dlg_jax.core import objectives
+from dlg_jax.vision import identifiability
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

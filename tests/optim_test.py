@@ -1,4 +1,4 @@
-"""Tests for dlg_jax.optim."""
+"""Tests for dlg_jax.core.optim."""
 
 import functools
 
@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlg_jax import optim
-
+from dlg_jax.core import optim
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

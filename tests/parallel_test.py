@@ -1,4 +1,4 @@
-"""Tests of dlg_jax/parallel.py and of sweeps spread over devices and hosts.
+"""Tests of dlg_jax/core/parallel.py and of sweeps spread over devices and hosts.
 
 Simulated devices need their count set before JAX starts, so the sharded
 runs happen in fresh processes (tests/parallel_worker.py).
@@ -16,7 +16,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from dlg_jax import parallel
+from dlg_jax.core import parallel
 from tests import parallel_worker
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +144,7 @@ class ShardedSweepTest(absltest.TestCase):
     self.assertNotEmpty(os.listdir(f'{tmp}/sweep/checkpoints'))
 
     # The same sweep here, on one device.
-    from dlg_jax import sweep  # pylint: disable=g-import-not-at-top
+    from dlg_jax.vision import sweep  # pylint: disable=g-import-not-at-top
     attack, params, x, y, spec = parallel_worker.tiny()
     jax.config.update('jax_disable_most_optimizations', True)
     try:

@@ -35,8 +35,8 @@ def tiny_attack(num_images: int):
   The tiny sweep setup of tests/sweep_test.py and of these workers.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dlg_jax import attack as attack_lib  # pylint: disable=g-import-not-at-top
-  from dlg_jax import models  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import attack as attack_lib  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import models  # pylint: disable=g-import-not-at-top
   model = models.get_model('lenet', num_classes=10)
   params = models.init_params(model, jax.random.key(0), (12, 12, 3))
   attack = attack_lib.Attack(
@@ -51,7 +51,7 @@ def tiny_attack(num_images: int):
 
 def tiny():
   """`tiny_attack` on 3 images and a sweep of 18 jobs over 2 defenses."""
-  from dlg_jax import sweep  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import sweep  # pylint: disable=g-import-not-at-top
   spec = sweep.SweepSpec(defenses=(('gaussian', (1e-4, 1e-1)),
                                    ('int8', (0.0,))),
                          restarts=2, seed=3)
@@ -62,8 +62,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   jax.config.update('jax_num_cpu_devices', f.devices)
-  from dlg_jax import parallel  # pylint: disable=g-import-not-at-top
-  from dlg_jax import sweep  # pylint: disable=g-import-not-at-top
+  from dlg_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import sweep  # pylint: disable=g-import-not-at-top
   parallel.initialize(f.coordinator_address, f.num_processes, f.process_id,
                       timeout_s=60)
   jax.config.update('jax_disable_most_optimizations', True)

@@ -6,9 +6,9 @@ import os
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from dlg_jax import sweep as sweep_lib
 from dlg_jax.pipelines import common
 from dlg_jax.pipelines import sweep as sweep_pipeline
+from dlg_jax.vision import sweep as sweep_lib
 
 
 def _record(pathname: str, level: int) -> logging.LogRecord:

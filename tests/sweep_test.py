@@ -1,4 +1,4 @@
-"""Tests of the resumable defense sweep (dlg_jax/sweep.py, dlg_jax/pipelines/sweep.py)."""
+"""Tests of the resumable defense sweep (dlg_jax/vision/sweep.py, dlg_jax/pipelines/sweep.py)."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 from configs import defenses as defenses_config
-from dlg_jax import sweep
 from dlg_jax.pipelines import sweep as sweep_pipeline
+from dlg_jax.vision import sweep
 from tests import parallel_worker
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')

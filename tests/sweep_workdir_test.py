@@ -1,6 +1,6 @@
 """Tests of the sweep's workdir: refusals change nothing, resume, lock.
 
-dlg_jax/sweep.py (`check_workdir`, `lock_workdir`, `run_sweep`) and its
+dlg_jax/vision/sweep.py (`check_workdir`, `lock_workdir`, `run_sweep`) and its
 launcher experiments/sweep.py.
 """
 
@@ -16,9 +16,9 @@ from absl.testing import absltest
 import jax
 
 from configs import defenses as defenses_config
-from dlg_jax import errors
-from dlg_jax import sweep
+from dlg_jax.core import errors
 from dlg_jax.pipelines import sweep as sweep_pipeline
+from dlg_jax.vision import sweep
 from tests import parallel_worker
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -187,7 +187,7 @@ class ResumeTest(absltest.TestCase):
 def _hold_lock(workdir: str) -> subprocess.Popen:
   """A process that takes `workdir`'s lock and sleeps, once it holds it."""
   code = ('import sys, time\n'
-          'from dlg_jax import sweep\n'
+          'from dlg_jax.vision import sweep\n'
           'sweep.lock_workdir(sys.argv[1])\n'
           'print("locked", flush=True)\n'
           'time.sleep(600)\n')

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import bert as bert_config
-from dlg_jax import bert
-from dlg_jax import text
-from dlg_jax import text_attack
 from dlg_jax.pipelines import text_attack as attack_text
+from dlg_jax.text import attack as text_attack
+from dlg_jax.text import bert
+from dlg_jax.text import data as text
 
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')

@@ -8,9 +8,7 @@ from absl.testing import parameterized
 import numpy as np
 from rouge_score import rouge_scorer
 
-from dlg_jax import text
-
-
+from dlg_jax.text import data as text
 class TokenizerTest(parameterized.TestCase):
 
   @classmethod

@@ -1,14 +1,13 @@
-"""Tests for dlg_jax.train."""
+"""Tests for dlg_jax.vision.train."""
 
 from absl.testing import absltest
 import jax
 import numpy as np
 
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import models
-from dlg_jax import train
-
+from dlg_jax.core import client
+from dlg_jax.vision import data
+from dlg_jax.vision import models
+from dlg_jax.vision import train
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 

@@ -1,4 +1,4 @@
-"""Tests of the utility study (dlg_jax/utility.py, dlg_jax/pipelines/utility.py)."""
+"""Tests of the utility study (dlg_jax/vision/utility.py, dlg_jax/pipelines/utility.py)."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import jax
 import numpy as np
 
 from configs import utility as utility_config
-from dlg_jax import data
-from dlg_jax import utility
 from dlg_jax.pipelines import utility as utility_pipeline
+from dlg_jax.vision import data
+from dlg_jax.vision import utility
 from tests import isolated
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -92,7 +92,7 @@ class AccuracyTableTest(absltest.TestCase):
     # In a child process: this program once crashed XLA:CPU (SIGSEGV) on
     # another 2-core machine, taking the rest of the suite with it.
     acc = np.asarray(isolated.run('''
-        from dlg_jax import data, utility
+        from dlg_jax.vision import data, utility
         ds = data.load_bundled('mnist')
         acc = utility.accuracy_grid('dp_sgd', [0.0, 100.0],
                                     utility.split(ds.x, ds.y), steps=60,
@@ -111,7 +111,7 @@ class AccuracyTableTest(absltest.TestCase):
     # AMD EPYC (AVX2) machine with per-example gradients vmapped inside the
     # scan of SGD steps; one strength ran, two crashed.
     acc = np.asarray(isolated.run('''
-        from dlg_jax import data, utility
+        from dlg_jax.vision import data, utility
         ds = data.load_bundled('mnist')
         report(utility.accuracy_grid(
             'dp_sgd', [0.0, 100.0], utility.split(ds.x, ds.y), steps=2,

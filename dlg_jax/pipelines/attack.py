@@ -19,16 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import data
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import matching
-from dlg_jax import metrics
-from dlg_jax import objectives
+from dlg_jax.core import errors
+from dlg_jax.core import figures
+from dlg_jax.core import objectives
 from dlg_jax.pipelines import common
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import data
+from dlg_jax.vision import matching
+from dlg_jax.vision import metrics
 
-# The `dlg_jax.metrics` functions of each record, under the best pairing.
+# The `dlg_jax.vision.metrics` functions of each record, under the best pairing.
 IMAGE_METRICS = ('mse', 'psnr', 'ssim')
 
 

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import labels
-from dlg_jax import models
+from dlg_jax.core import client
+from dlg_jax.core import errors
+from dlg_jax.core import figures
 from dlg_jax.pipelines import attack as attack_pipeline
 from dlg_jax.pipelines import common
+from dlg_jax.vision import data
+from dlg_jax.vision import labels
+from dlg_jax.vision import models
 
 # Zhu, Liu and Han 2019, the table beside their batch figure: iterations to
 # restore CIFAR batches. Their iteration is a PyTorch L-BFGS step of up to 20

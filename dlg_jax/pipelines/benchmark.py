@@ -22,13 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import errors
-from dlg_jax import models
-
-
+from dlg_jax.core import client
+from dlg_jax.core import errors
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import data
+from dlg_jax.vision import models
 def check_args(*, count: int, parallel_counts: Sequence[Any], budget: int,
                steps: int, model: str) -> list[int]:
   """The arguments checked before any work; returns the parallel counts.
@@ -145,7 +143,7 @@ def run(out: str, *, count: int = 10, parallel_counts: Sequence[Any] = (
     parallel_counts: target counts run in one vmapped call.
     budget: steps per target in the parallel runs.
     steps: most steps per target in the time-to-success runs.
-    model: the model's name (`dlg_jax.models`).
+    model: the model's name (`dlg_jax.vision.models`).
 
   Returns:
     The JSON content.

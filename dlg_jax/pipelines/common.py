@@ -22,13 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import data
-from dlg_jax import errors
-from dlg_jax import metrics
-from dlg_jax import models
-from dlg_jax import train
-
+from dlg_jax.core import errors
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import data
+from dlg_jax.vision import metrics
+from dlg_jax.vision import models
+from dlg_jax.vision import train
 # Images attacked when config.data.count is None and the data are bundled (or
 # TFDS): the first 10, the images of the README's results. A user's npz is
 # attacked whole.
@@ -273,7 +272,7 @@ def init_params(config, model, image_shape: tuple[int, ...],
   """The model's weights: `config.model.init_seed`, then any pretraining.
 
   With `config.model.pretrain_steps > 0`, trained on `(train_x, train_y)`
-  (`dlg_jax.train`).
+  (`dlg_jax.vision.train`).
   """
   params = models.init_params(
       model, jax.random.PRNGKey(config.model.init_seed), image_shape)

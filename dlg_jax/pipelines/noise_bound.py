@@ -7,7 +7,7 @@ CIFAR-100 images and the DLG sigmoid LeNet with the weights that
 with `J` the Jacobian of the shared gradient in the image, at the image and
 with its true one-hot label, and, for each noise variance, the expected MSE
 and PSNR of the least-squares and the Bayes (MMSE) estimates in the
-linearised model (`dlg_jax.identifiability`), in float64.
+linearised model (`dlg_jax.vision.identifiability`), in float64.
 
 It takes its flags' values, not a ConfigDict: the setup is fixed.
 """
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import defenses as defenses_config
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import identifiability
+from dlg_jax.core import errors
+from dlg_jax.core import figures
 from dlg_jax.pipelines import common
+from dlg_jax.vision import identifiability
 
 
 def _indices(name: str, values: Sequence[Any], count: int) -> list[int]:

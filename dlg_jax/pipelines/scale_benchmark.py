@@ -21,8 +21,7 @@ from typing import Any
 
 from absl import logging
 
-from dlg_jax import errors
-
+from dlg_jax.core import errors
 # The launcher each measurement runs in (a fresh process: see the module
 # docstring).
 CHILD_MODULE = 'experiments.scale_benchmark'
@@ -127,9 +126,9 @@ def flops(*, steps_to_success: int, peak_flops: float,
   """XLA's FLOPs and bytes of one attack step of one target, and the bound."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from dlg_jax import attack as attack_lib  # pylint: disable=g-import-not-at-top
-  from dlg_jax import data  # pylint: disable=g-import-not-at-top
-  from dlg_jax import models  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import attack as attack_lib  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import data  # pylint: disable=g-import-not-at-top
+  from dlg_jax.vision import models  # pylint: disable=g-import-not-at-top
   ds = data.load_bundled('cifar100')
   model = models.get_model('lenet', num_classes=100)
   params = models.init_params(model, jax.random.key(0), (32, 32, 3))

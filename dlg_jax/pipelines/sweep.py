@@ -1,7 +1,7 @@
 """The attack over gradient defenses and strengths: `experiments/sweep.py`.
 
 `run(config, workdir)` runs every (defense, strength, target, restart) job
-of `config.sweep` in compiled chunks over the devices (`dlg_jax.sweep`),
+of `config.sweep` in compiled chunks over the devices (`dlg_jax.vision.sweep`),
 appending each finished chunk to `<workdir>/checkpoints` so that a rerun
 resumes, and writes into the workdir (from process 0 only): `results.json`,
 `table.md`, `table.csv`, `psnr_vs_strength.png`, one `grid_<defense>.png`
@@ -18,14 +18,14 @@ from typing import Any
 from absl import logging
 import jax
 
-from dlg_jax import data
-from dlg_jax import defenses as defenses_lib
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import parallel
-from dlg_jax import sweep as sweep_lib
-from dlg_jax import utility
+from dlg_jax.core import defenses as defenses_lib
+from dlg_jax.core import errors
+from dlg_jax.core import figures
+from dlg_jax.core import parallel
 from dlg_jax.pipelines import common
+from dlg_jax.vision import data
+from dlg_jax.vision import sweep as sweep_lib
+from dlg_jax.vision import utility
 
 # Config keys that decide how the jobs run, not what they compute: left out
 # of the workdir's fingerprint, so a sweep may resume with other values.
@@ -132,7 +132,7 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
             f'{acc(r.get("accuracy"))} |' for r in rows]
   if baseline_accuracy is not None:
     lines += ['', f'Accuracy without a defense: {baseline_accuracy:.3f} '
-              '(dlg_jax.utility: a ReLU LeNet trained with SGD on the '
+              '(dlg_jax.vision.utility: a ReLU LeNet trained with SGD on the '
               'bundled MNIST, 100 held-out images).']
   with open(os.path.join(workdir, 'table.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -286,7 +286,7 @@ def make_results(config, ds: data.Dataset, attack, result, wall: float,
           'source': config.utility.source,
           'steps': config.utility.steps,
           'seeds': list(config.utility.seeds),
-          'model': 'ReLU LeNet, SGD with momentum (dlg_jax.utility)',
+          'model': 'ReLU LeNet, SGD with momentum (dlg_jax.vision.utility)',
       } if accuracy else None,
   }}
 

@@ -16,13 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlg_jax import bert
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import text
-from dlg_jax import text_attack
-
-
+from dlg_jax.core import errors
+from dlg_jax.core import figures
+from dlg_jax.text import attack as text_attack
+from dlg_jax.text import bert
+from dlg_jax.text import data as text
 def _fail(key: str, message: str, cause: Exception | None = None):
   raise errors.ConfigError(f'config.{key}: {message}') from cause
 

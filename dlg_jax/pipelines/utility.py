@@ -1,7 +1,7 @@
 """What each gradient defense costs learning: `experiments/utility.py`.
 
 `run(config, workdir)` trains one small classifier per (defense, strength,
-seed) with the defense applied to every step's gradient (`dlg_jax.utility`)
+seed) with the defense applied to every step's gradient (`dlg_jax.vision.utility`)
 and writes into the workdir `utility.json` (`records`, one per model, a
 `summary` with one row per defense and strength, and the `config`) and
 `utility.md` (the table).
@@ -14,10 +14,10 @@ from typing import Any
 
 from absl import logging
 
-from dlg_jax import errors
-from dlg_jax import figures
-from dlg_jax import utility
+from dlg_jax.core import errors
+from dlg_jax.core import figures
 from dlg_jax.pipelines import common
+from dlg_jax.vision import utility
 
 
 def check_utility(config) -> list[tuple[str, tuple[float, ...]]]:

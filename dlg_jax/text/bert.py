@@ -5,7 +5,7 @@ three sizes (`CONFIGS`): 'tiny' for tests, 'minilm' (the 6-layer, 384-wide
 shape of MiniLM-L6-H384 / all-MiniLM-L6-v2) and 'base' (bert-base). The
 decoder of the MLM head is tied to the word embeddings as in BERT, so the
 shared gradient of the word embeddings carries both the input tokens and the
-output softmax (see `dlg_jax.text_attack`).
+output softmax (see `dlg_jax.text.attack`).
 
 `load_safetensors` reads the `model.safetensors` of a Hugging Face BERT
 checkpoint (PyTorch layout) into these parameters, checking every shape.

@@ -11,7 +11,7 @@ DLG paper's main experiments): its gradient (FedSGD), or with `local_steps > 1`
 the weight difference after that many local SGD steps (FedAvg), which the
 attack matches by unrolling the same steps on the dummy data. The dummy data
 is `[batch, h, w, c]`; its slots come out in any order, and
-`dlg_jax.matching` pairs them with the originals.
+`dlg_jax.vision.matching` pairs them with the originals.
 
 References:
   Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019.
@@ -33,12 +33,11 @@ from jax.typing import ArrayLike
 import numpy as np
 import optax
 
-from dlg_jax import client
-from dlg_jax import defenses
-from dlg_jax import labels as labels_lib
-from dlg_jax import objectives
-from dlg_jax import optim
-
+from dlg_jax.core import client
+from dlg_jax.core import defenses
+from dlg_jax.core import objectives
+from dlg_jax.core import optim
+from dlg_jax.vision import labels as labels_lib
 LABEL_MODES = ('analytic', 'joint', 'known')
 LABEL_METHODS = ('auto',) + labels_lib.LABEL_METHODS
 INITS = ('grey', 'uniform', 'randn')
@@ -372,7 +371,7 @@ def batch_success(x: jax.Array, ref: jax.Array, threshold: float) -> jax.Array:
   pairing is a permutation with every pair at `threshold` or more. This is
   cheap enough to run every step inside the scan. For distinct originals
   and thresholds of 30 dB or so, it is the same as every pair reaching
-  `threshold` under the Hungarian pairing of `dlg_jax.matching`: a
+  `threshold` under the Hungarian pairing of `dlg_jax.vision.matching`: a
   reconstruction at 30 dB or more against two originals would need those
   originals at 24 dB or more against each other. For batch 1 it is
   `psnr(x, ref) >= threshold`. A NaN `ref` never succeeds.

@@ -102,7 +102,7 @@ def lbfgs(
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from dlg_jax import optim
+    >>> from dlg_jax.core import optim
     >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
     >>> opt = optim.lbfgs()
     >>> x = jnp.zeros(4)
@@ -142,7 +142,7 @@ def lbfgs(
                 **extra_args):
     del extra_args
     if params is None or value is None:
-      raise ValueError('dlg_jax.optim.lbfgs needs params and value= in update.')
+      raise ValueError('dlg_jax.core.optim.lbfgs needs params and value= in update.')
     flat, unravel = ravel_pytree(params)
     grad, _ = ravel_pytree(updates)
     value = jnp.asarray(value, flat.dtype)

@@ -231,7 +231,7 @@ def batch_labels(grads: Any, num_classes: int, batch: int, *,
 
   The order of the labels is not the batch's (a gradient does not keep it):
   they come sorted by class, and a reconstruction is paired with its
-  original afterwards (`dlg_jax.matching`).
+  original afterwards (`dlg_jax.vision.matching`).
 
   Args:
     grads: the shared (mean) gradient of `batch` examples.

@@ -4,7 +4,7 @@ Each function compares ONE pair of images `[h, w, c]` with values in [0, 1]
 (or [0, max_val]); batch with `jax.vmap` from outside:
 
   >>> import jax, jax.numpy as jnp
-  >>> from dlg_jax import metrics
+  >>> from dlg_jax.vision import metrics
   >>> x = jnp.zeros((4, 32, 32, 3)); ref = jnp.full((4, 32, 32, 3), 0.5)
   >>> jax.vmap(metrics.psnr)(x, ref).shape
   (4,)

@@ -40,7 +40,7 @@ softmax over the leaked masked tokens; the weight of a position in the dummy
 loss is its probability of being `[MASK]`. The logits start from the leaked
 position scores ('leak', the default) or from small noise ('uniform', only
 the bag restriction), and Adam minimises the gradient distance of
-`dlg_jax.objectives`, differentiating through the dummy's gradient as DLG
+`dlg_jax.core.objectives`, differentiating through the dummy's gradient as DLG
 does. A position decodes to the vocabulary token nearest to its dummy
 embedding; `[MASK]` positions take their label's argmax. From the 'leak'
 start only the labels' places are open, and on MiniLM the soft labels settle
@@ -73,10 +73,9 @@ from jax.typing import ArrayLike
 import numpy as np
 import optax
 
-from dlg_jax import bert
-from dlg_jax import client
-from dlg_jax import objectives
-
+from dlg_jax.core import client
+from dlg_jax.core import objectives
+from dlg_jax.text import bert
 Params = Any
 
 
@@ -481,7 +480,7 @@ def attack(config: bert.BertConfig, params: Params, target: Params,
     steps: total Adam steps, rounded down to a multiple of `log_every`.
     log_every: steps per jitted chunk, between snapshots.
     learning_rate: Adam's step size.
-    distance: 'l2' or 'cosine' (`dlg_jax.objectives.get_distance`).
+    distance: 'l2' or 'cosine' (`dlg_jax.core.objectives.get_distance`).
     init: 'leak' starts the token logits at `init_scale * leak.scores`
       (each position at its leaked token); 'uniform' at small noise, leaving
       the order to the optimisation (plain DLG over the bag of words).

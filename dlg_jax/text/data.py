@@ -26,8 +26,7 @@ from rouge_score import tokenizers as rouge_tokenizers
 from tokenizers import BertWordPieceTokenizer
 from tokenizers import Tokenizer
 
-from dlg_jax import data
-
+from dlg_jax.core import npz
 CLS, SEP, MASK, PAD, UNK = '[CLS]', '[SEP]', '[MASK]', '[PAD]', '[UNK]'
 
 # rouge-score's defaults, which LAMP's scores (through Hugging Face's
@@ -35,8 +34,9 @@ CLS, SEP, MASK, PAD, UNK = '[CLS]', '[SEP]', '[MASK]', '[PAD]', '[UNK]'
 _USE_STEMMER = False
 _ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL')
 
-_SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'samples',
-                        'text_samples.npz')
+_SAMPLES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'samples',
+    'text_samples.npz')
 
 
 def bundled_path() -> str:
@@ -47,7 +47,7 @@ def bundled_path() -> str:
 def _load_npz(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No text samples file at {path!r}.')
-  return data.read_npz_arrays(path)
+  return npz.read_npz_arrays(path)
 
 
 def load_vocab(path: str | os.PathLike[str] | None = None) -> list[str]:

@@ -11,7 +11,8 @@ their `main` in `report_config_errors`.
 
 Example:
 
-  >>> from dlg_jax import data, errors
+  >>> from dlg_jax.vision import data
+  >>> from dlg_jax.core import errors
   >>> ds = errors.under('config.data.npz', data.load_npz, 'missing.npz')
   Traceback (most recent call last):
   ...

@@ -9,7 +9,7 @@ under that pairing.
 Example:
 
   >>> import numpy as np
-  >>> from dlg_jax import matching
+  >>> from dlg_jax.vision import matching
   >>> ref = np.random.rand(3, 32, 32, 3).astype(np.float32)
   >>> matching.match(ref[[2, 0, 1]], ref).tolist()
   [1, 2, 0]
@@ -29,9 +29,7 @@ from jax.typing import ArrayLike
 import numpy as np
 import scipy.optimize
 
-from dlg_jax import metrics
-
-
+from dlg_jax.vision import metrics
 def psnr_matrix(x: ArrayLike, ref: ArrayLike) -> jax.Array:
   """PSNR of every reconstruction against every original.
 

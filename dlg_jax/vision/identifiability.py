@@ -37,7 +37,7 @@ PSNRs here are of the expected MSE (`mse_to_psnr`), for pixels in [0, 1].
 
 Example:
 
-  >>> from dlg_jax import identifiability as ident
+  >>> from dlg_jax.vision import identifiability as ident
   >>> gram = ident.gradient_jacobian_gram(attack, params, x, onehot)
   >>> eig = jnp.linalg.eigvalsh(gram)
   >>> ident.mse_to_psnr(ident.least_squares_mse(eig, 1e-4))  # dB
@@ -60,10 +60,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import objectives
-
-
+from dlg_jax.core import objectives
+from dlg_jax.vision import attack as attack_lib
 def _check_variance(variance: ArrayLike) -> jax.Array:
   """`variance` as an array after checking it, unless it is traced."""
   if not isinstance(variance, jax.core.Tracer):

@@ -60,12 +60,11 @@ from jax.typing import ArrayLike
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dlg_jax import attack as attack_lib
-from dlg_jax import defenses as defenses_lib
-from dlg_jax import errors
-from dlg_jax import metrics
-from dlg_jax import parallel
-
+from dlg_jax.core import defenses as defenses_lib
+from dlg_jax.core import errors
+from dlg_jax.core import parallel
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import metrics
 # Sub-streams of the sweep's key: the client's defense noise and the
 # attacker's restarts never share randomness.
 _DEFENSE_STREAM = 0
@@ -471,7 +470,7 @@ def _read_checkpoints(workdir: str, print_: str, spec_json: dict[str, Any],
     # Every process of a multi-host run looks before any of them creates
     # the directory (orbax does, with its own barrier, right after): one
     # that looked late would open a manager the others did not.
-    parallel.sync_processes('dlg_jax.sweep.read_checkpoints')
+    parallel.sync_processes('dlg_jax.vision.sweep.read_checkpoints')
 
 
 def _check_checkpoints(directory: str, workdir: str, print_: str,

@@ -11,7 +11,7 @@ users who have prepared the full TFDS datasets themselves.
 
 Example:
 
-  >>> from dlg_jax import data
+  >>> from dlg_jax.vision import data
   >>> ds = data.load_dataset('cifar100', count=4)
   >>> ds.x.shape, ds.y.dtype
   ((4, 32, 32, 3), dtype('int32'))
@@ -22,17 +22,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 import os
 from typing import NamedTuple
-import zipfile
-import zlib
 
 from jax.typing import ArrayLike
 import numpy as np
 from PIL import Image
 
+from dlg_jax.core import npz
+
 BUNDLED = ('cifar100', 'mnist', 'svhn', 'lfw')
 
-_SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            'samples')
+_SAMPLES_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'samples')
 _BUNDLED_FILES = {
     'cifar100': 'cifar100_samples.npz',
     'mnist': 'mnist_samples.npz',
@@ -188,71 +188,6 @@ def _class_names_for(y: np.ndarray, class_names: Sequence[str] | None,
   return names
 
 
-# np.savez writes a zip archive; a lone array from np.save starts with this.
-_NPY_MAGIC = b'\x93NUMPY'
-_NPZ_FORMAT = 'an npz archive (a zip file of arrays, as np.savez writes)'
-
-
-def read_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """Every array of the npz archive at `path`, read without pickle.
-
-  numpy's own errors for a file that is not an archive are an `EOFError`
-  (empty file) or advice to unpickle it (any other bytes); a user's file is
-  never unpickled, so the file is checked here first and each failure is
-  reported as what it is.
-
-  Args:
-    path: an existing file.
-
-  Returns:
-    `{name: array}` for every array in the archive.
-
-  Raises:
-    ValueError: the file is empty, a lone `.npy` array, not a zip archive,
-      truncated or damaged, or holds an object array; the message names the
-      path and never suggests unpickling.
-  """
-  path = os.fspath(path)
-  with open(path, 'rb') as f:
-    head = f.read(len(_NPY_MAGIC))
-  if not head:
-    raise ValueError(f'npz file {path!r} is empty (0 bytes); expected '
-                     f'{_NPZ_FORMAT}.')
-  if head.startswith(_NPY_MAGIC):
-    raise ValueError(
-        f'{path!r} holds one .npy array, not {_NPZ_FORMAT}; write the '
-        'arrays together with np.savez(path, name=array, ...).')
-  # np.load only reads as a zip what starts as one.
-  if not head.startswith(b'PK') or not zipfile.is_zipfile(path):
-    damage = ('it starts as a zip file but is truncated or damaged' if
-              head.startswith(b'PK') else
-              'it has no zip header (another kind of file named .npz?)')
-    raise ValueError(f'{path!r} is not {_NPZ_FORMAT}: {damage}. Write it '
-                     'with np.savez(path, name=array, ...).')
-  arrays, objects = {}, None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      for key in f.files:
-        try:
-          arrays[key] = f[key]
-        except ValueError as e:
-          # numpy's message for an object array names allow_pickle.
-          if 'allow_pickle' not in str(e):
-            raise
-          objects = key
-          break
-  except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
-    raise ValueError(f'{path!r} is {_NPZ_FORMAT} that cannot be read: it is '
-                     f'truncated or damaged ({type(e).__name__}: {e}).'
-                     ) from None
-  if objects is not None:
-    raise ValueError(
-        f'array {objects!r} in {path!r} holds Python objects (dtype object), '
-        'which are never loaded from a file; save plain numeric and string '
-        'arrays.')
-  return arrays
-
-
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
   """Loads a user's images and labels from an `.npz` file.
 
@@ -279,7 +214,7 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'npz file not found: path={path!r}.')
-  arrays = read_npz_arrays(path)
+  arrays = npz.read_npz_arrays(path)
   for key in ('x', 'y'):
     if key not in arrays:
       raise ValueError(

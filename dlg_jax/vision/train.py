@@ -12,9 +12,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import optax
 
-from dlg_jax import client
-
-
+from dlg_jax.core import client
 def train(apply_fn: client.ApplyFn, params: Any, x: ArrayLike, y: ArrayLike,
           key: ArrayLike, *, num_classes: int, steps: int,
           learning_rate: float = 1e-3,

@@ -30,7 +30,7 @@ strength, so differences between strengths come from the defense alone.
 
 Example:
 
-  >>> from dlg_jax import data, utility
+  >>> from dlg_jax.vision import data, utility
   >>> ds = data.load_bundled('mnist')
   >>> split = utility.split(ds.x, ds.y, num_test=100)
   >>> acc = utility.accuracy_grid('gaussian', [1e-4, 1e-2], split,
@@ -56,11 +56,10 @@ from jax.typing import ArrayLike
 import numpy as np
 import optax
 
-from dlg_jax import client
-from dlg_jax import data
-from dlg_jax import defenses
-from dlg_jax import models
-
+from dlg_jax.core import client
+from dlg_jax.core import defenses
+from dlg_jax.vision import data
+from dlg_jax.vision import models
 # The no-defense baseline: the mini-batch gradient as is. Its one strength
 # (conventionally 0) is ignored.
 BASELINE = 'none'

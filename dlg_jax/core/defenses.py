@@ -39,8 +39,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from dlg_jax import client
-
+from dlg_jax.core import client
 Grads = Any
 Defense = Callable[[jax.Array, Grads, ArrayLike], Grads]
 
