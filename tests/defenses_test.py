@@ -1,5 +1,9 @@
 """Tests for dlg_jax.core.defenses."""
 
+import dataclasses
+import re
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -65,19 +69,6 @@ class NoiseTest(parameterized.TestCase):
     noisy = defenses.get_defense(name)(jax.random.key(1), grads, 1e-2)
     self.assertAlmostEqual(float(jnp.mean(noisy['a'])), 5.0, delta=0.05)
     self.assertFalse(np.allclose(noisy['a'] - 5.0, noisy['b'] - 5.0))
-
-  @parameterized.parameters('gaussian', 'laplacian')
-  def test_zero_strength_is_identity(self, name):
-    grads = _tree(jax.random.key(2))
-    _assert_trees_close(
-        self, defenses.get_defense(name)(jax.random.key(0), grads, 0.0), grads)
-
-  def test_no_recompilation_for_a_new_strength(self):
-    jitted = jax.jit(defenses.gaussian_noise)
-    grads = _tree(jax.random.key(0))
-    jitted(jax.random.key(0), grads, 1e-2)
-    jitted(jax.random.key(1), grads, 1e-3)
-    self.assertEqual(jitted._cache_size(), 1)  # pylint: disable=protected-access
 
 
 class CastTest(parameterized.TestCase):
@@ -145,12 +136,6 @@ class PruneTest(parameterized.TestCase):
       # The 30 smallest of 100 all lie in the 40 small entries.
       np.testing.assert_array_equal(out['large'], grads['large'])
 
-  @parameterized.parameters('prune_layer', 'prune_global')
-  def test_zero_is_identity(self, name):
-    grads = _tree(jax.random.key(7))
-    out = defenses.get_defense(name)(jax.random.key(0), grads, 0.0)
-    _assert_trees_close(self, out, grads, rtol=0, atol=0)
-
   def test_ties_prune_exact_count(self):
     grads = {'g': jnp.ones((10,))}
     out = defenses.prune_per_layer(jax.random.key(0), grads, 0.5)
@@ -169,38 +154,186 @@ class PruneTest(parameterized.TestCase):
     self.assertEqual(total, size - int(np.floor(0.6 * size)))
 
 
-class TransformTest(parameterized.TestCase):
-  """jit == no-jit and vmap over strengths == the stack of single calls."""
+# Every registered defense, so that one registered later is tested too.
+_REGISTERED = [dict(testcase_name=name, name=name)
+               for name in sorted(defenses.REGISTRY)]
 
-  @parameterized.parameters(*sorted(defenses.DEFENSES))
-  def test_vmap_over_strengths(self, name):
-    defense = defenses.get_defense(name)
-    grads = _tree(jax.random.key(9))
-    key = jax.random.key(0)
-    strengths = jnp.array([0.0, 1e-3, 0.25, 0.5])
-    batched = jax.vmap(defense, in_axes=(None, None, 0))(key, grads, strengths)
-    for i, s in enumerate(strengths):
-      single = defense(key, grads, s)
-      _assert_trees_close(self, jax.tree.map(lambda b, i=i: b[i], batched),
-                          single, rtol=1e-6, atol=1e-7)
 
-  @parameterized.parameters(*sorted(defenses.DEFENSES))
-  def test_vmap_over_keys(self, name):
-    defense = defenses.get_defense(name)
-    grads = _tree(jax.random.key(10))
-    keys = jax.random.split(jax.random.key(1), 3)
-    batched = jax.vmap(defense, in_axes=(0, None, None))(keys, grads, 0.25)
-    for i in range(3):
-      _assert_trees_close(self, jax.tree.map(lambda b, i=i: b[i], batched),
-                          defense(keys[i], grads, 0.25), rtol=1e-6, atol=1e-7)
+def _contract_grads(key, spec, scale=1.0):
+  """A tiny gradient pytree: float32, bfloat16 and scalar leaves.
 
-  @parameterized.parameters(*sorted(defenses.DEFENSES))
+  A per-example defense gets a leading `[3]` (batch) axis on every leaf.
+  """
+  ka, kb, kc, kd = jax.random.split(key, 4)
+  batch = (3,) if spec.per_example else ()
+  return {'w': scale * jax.random.normal(ka, batch + (4, 3)),
+          'b': scale * jax.random.normal(kb, batch + (3,)),
+          'h': (scale * jax.random.normal(kc, batch + (5,))).astype(
+              jnp.bfloat16),
+          's': scale * jax.random.normal(kd, batch)}
+
+
+def _contract_strengths(spec):
+  """Three valid strengths from 0, increasing."""
+  top = min(0.5, spec.max_strength / 2)
+  return jnp.array([0.0, top / 5, top])
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda g: (g.shape, g.dtype), tree)
+
+
+def _assert_trees_equal(test, a, b):
+  test.assertEqual(jax.tree.structure(a), jax.tree.structure(b))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    test.assertEqual(x.dtype, y.dtype)
+    np.testing.assert_array_equal(np.asarray(x, np.float32),
+                                  np.asarray(y, np.float32))
+
+
+class ContractTest(parameterized.TestCase):
+  """What every registered defense must do (as optax's alias_test)."""
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_output_is_shaped_like_the_input(self, name):
+    spec = defenses.lookup(name)
+    grads = _contract_grads(jax.random.key(0), spec)
+    one = jax.tree.map(lambda g: g[0], grads) if spec.per_example else grads
+    top = _contract_strengths(spec)[-1]
+    out = spec.fn(jax.random.key(1), grads, top)
+    self.assertEqual(_shapes(out), _shapes(one))
+    self.assertEqual(
+        _shapes(jax.eval_shape(spec.fn, jax.random.key(1), grads, top)),
+        _shapes(one))
+
+  @parameterized.named_parameters(*_REGISTERED)
   def test_jit_equals_no_jit(self, name):
-    defense = defenses.get_defense(name)
-    grads = _tree(jax.random.key(11))
-    key = jax.random.key(2)
-    _assert_trees_close(self, jax.jit(defense)(key, grads, 0.3),
-                        defense(key, grads, 0.3), rtol=1e-6, atol=1e-7)
+    spec = defenses.lookup(name)
+    grads = _contract_grads(jax.random.key(2), spec)
+    key, top = jax.random.key(3), _contract_strengths(spec)[-1]
+    _assert_trees_close(self, jax.jit(spec.fn)(key, grads, top),
+                        spec.fn(key, grads, top), rtol=1e-6, atol=1e-7)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_vmap_over_strengths_is_the_stack(self, name):
+    spec = defenses.lookup(name)
+    grads = _contract_grads(jax.random.key(4), spec)
+    key, strengths = jax.random.key(5), _contract_strengths(spec)
+    batched = jax.vmap(spec.fn, in_axes=(None, None, 0))(key, grads,
+                                                          strengths)
+    for i, s in enumerate(strengths):
+      _assert_trees_close(self, jax.tree.map(lambda b, i=i: b[i], batched),
+                          spec.fn(key, grads, s), rtol=1e-6, atol=1e-7)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_vmap_over_keys_is_the_stack(self, name):
+    spec = defenses.lookup(name)
+    grads = _contract_grads(jax.random.key(6), spec)
+    keys = jax.random.split(jax.random.key(7), 2)
+    top = _contract_strengths(spec)[-1]
+    batched = jax.vmap(spec.fn, in_axes=(0, None, None))(keys, grads, top)
+    for i in range(2):
+      _assert_trees_close(self, jax.tree.map(lambda b, i=i: b[i], batched),
+                          spec.fn(keys[i], grads, top), rtol=1e-6, atol=1e-7)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_new_values_do_not_recompile(self, name):
+    spec = defenses.lookup(name)
+    traces = []
+
+    def counted(key, grads, strength):
+      traces.append(None)  # Runs once per trace, not per call.
+      return spec.fn(key, grads, strength)
+
+    jitted = jax.jit(counted)
+    _, low, top = (float(s) for s in _contract_strengths(spec))
+    jitted(jax.random.key(8), _contract_grads(jax.random.key(9), spec), low)
+    jitted(jax.random.key(10), _contract_grads(jax.random.key(11), spec, 2.0),
+           top)
+    self.assertLen(traces, 1)
+    self.assertEqual(jitted._cache_size(), 1)  # pylint: disable=protected-access
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_strength_zero(self, name):
+    spec = defenses.lookup(name)
+    grads = _contract_grads(jax.random.key(12), spec)
+    out = spec.fn(jax.random.key(13), grads, 0.0)
+    # At strength 0 nothing is random: another key, the same gradient.
+    _assert_trees_equal(self, spec.fn(jax.random.key(14), grads, 0.0), out)
+    if spec.identity_at_zero:
+      _assert_trees_equal(self, out, grads)
+    if spec.strength == defenses.IGNORED:
+      top = _contract_strengths(spec)[-1]
+      _assert_trees_equal(self, spec.fn(jax.random.key(13), grads, top), out)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_check_strength_names_the_defense(self, name):
+    spec = defenses.lookup(name)
+    defenses.check_strength(name, np.asarray(_contract_strengths(spec)))
+    bad = [-1e-3, float('nan'), float('inf'), [0.0, -1.0]]
+    if np.isfinite(spec.max_strength):
+      bad.append(spec.max_strength)
+    for strength in bad:
+      with self.assertRaisesRegex(
+          ValueError, f'strength for {re.escape(repr(name))}'):
+        defenses.check_strength(name, strength)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_registering_it_again_fails(self, name):
+    spec = defenses.lookup(name)
+    with self.assertRaisesRegex(ValueError, re.escape(repr(name))):
+      defenses.register(dataclasses.replace(spec))
+    self.assertIs(defenses.lookup(name), spec)
+
+  @parameterized.named_parameters(*_REGISTERED)
+  def test_aware_attacker_and_batch_view(self, name):
+    spec = defenses.lookup(name)
+    self.assertIn(spec.aware, (defenses.AWARE_MASK,
+                               defenses.AWARE_NOISE_PRIOR,
+                               defenses.AWARE_NONE))
+    if spec.aware == defenses.AWARE_NOISE_PRIOR:
+      # The attacker weighs its prior by the strength as a variance.
+      self.assertEqual(spec.strength, 'noise variance')
+    if spec.aware == defenses.AWARE_MASK:
+      # Pruning leaves zeros for the mask to drop.
+      grads = _contract_grads(jax.random.key(15), spec)
+      out = spec.fn(jax.random.key(16), grads,
+                    _contract_strengths(spec)[-1])
+      self.assertFalse(all(bool(jnp.all(m)) for m in
+                           jax.tree.leaves(defenses.surviving_mask(out))))
+    if spec.per_example:
+      self.assertNotIn(name, defenses.DEFENSES)
+      with self.assertRaisesRegex(ValueError, 'per-example'):
+        defenses.get_defense(name)
+    else:
+      self.assertIs(defenses.get_defense(name), spec.fn)
+
+
+# What each deterministic defense's docstring says, on a few numbers.
+_KNOWN_OUTPUTS = (
+    ('sign', 0.0, [-2.0, 0.0, 1.0, 3.0], [-1.5, 0.0, 1.5, 1.5]),
+    ('float16', 0.0, [1 / 3, -1e-8], [np.float16(1 / 3), 0.0]),
+    ('bfloat16', 0.0, [1 / 3], [float(jnp.bfloat16(1 / 3))]),
+    ('int8', 0.0, [127.0, -63.4, 0.0, 0.2], [127.0, -63.0, 0.0, 0.0]),
+    ('prune_layer', 0.5, [1.0, -3.0, 2.0, 0.5], [0.0, -3.0, 2.0, 0.0]),
+    ('prune_global', 0.25, [-0.1, 4.0, 0.2, -5.0], [0.0, 4.0, 0.2, -5.0]),
+)
+
+
+class KnownOutputTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      *((row[0],) + row for row in _KNOWN_OUTPUTS))
+  def test_known_output(self, name, strength, grads, expected):
+    out = defenses.lookup(name).fn(jax.random.key(0),
+                                   {'g': jnp.asarray(grads, jnp.float32)},
+                                   strength)
+    np.testing.assert_allclose(out['g'], np.asarray(expected, np.float32),
+                               rtol=1e-6)
+
+
+class TransformTest(parameterized.TestCase):
+  """`compose`."""
 
   def test_compose_applies_in_order(self):
     grads = _tree(jax.random.key(12))
@@ -327,17 +460,12 @@ class DpSgdTest(parameterized.TestCase):
                            delta=0.02)
     self.assertAlmostEqual(_kurtosis(noise), 3.0, delta=0.1)
 
-  def test_jit_and_vmap_over_multipliers(self):
-    dp = jax.jit(lambda k, g, s: defenses.dp_sgd(k, g, s, clip_norm=1.0))
+  def test_registered_form_clips_at_one(self):
     key = jax.random.key(4)
-    grads = {'a': jax.random.normal(key, (3, 4, 5)),
-             'b': jax.random.normal(key, (3, 2))}
-    multipliers = jnp.array([0.0, 0.5, 1.0])
-    batched = jax.vmap(dp, in_axes=(None, None, 0))(key, grads, multipliers)
-    for i, s in enumerate(multipliers):
-      single = defenses.dp_sgd(key, grads, s, clip_norm=1.0)
-      _assert_trees_close(self, jax.tree.map(lambda b, i=i: b[i], batched),
-                          single, rtol=1e-5, atol=1e-6)
+    grads = {'a': 3.0 * jax.random.normal(key, (3, 4, 5))}
+    _assert_trees_close(
+        self, defenses.lookup('dp_sgd').fn(key, grads, 0.5),
+        defenses.dp_sgd(key, grads, 0.5, clip_norm=1.0), rtol=0, atol=0)
 
   def test_bad_clip_norm(self):
     with self.assertRaisesRegex(ValueError, 'clip_norm'):
@@ -359,14 +487,62 @@ class ValidationTest(parameterized.TestCase):
   def test_unknown_defense(self):
     with self.assertRaisesRegex(ValueError, r"'median'.*gaussian"):
       defenses.get_defense('median')
+    with self.assertRaisesRegex(ValueError, r"'median'.*dp_sgd.*gaussian"):
+      defenses.lookup('median')
     with self.assertRaisesRegex(ValueError, 'median'):
       defenses.check_strength('median', 0.1)
 
   def test_registry(self):
+    # The DLG paper's section 5 defenses and DP-SGD (others may follow).
+    self.assertContainsSubset(
+        {'gaussian', 'laplacian', 'float16', 'bfloat16', 'int8',
+         'prune_layer', 'prune_global', 'dp_sgd'}, set(defenses.REGISTRY))
     self.assertEqual(
         set(defenses.DEFENSES),
-        {'gaussian', 'laplacian', 'float16', 'bfloat16', 'int8',
-         'prune_layer', 'prune_global'})
+        {name for name, spec in defenses.REGISTRY.items()
+         if not spec.per_example})
+    self.assertEqual(defenses.lookup('dp_sgd').aware, defenses.AWARE_NONE)
+    self.assertEqual(defenses.lookup('prune_global').aware,
+                     defenses.AWARE_MASK)
+    self.assertEqual(defenses.lookup('laplacian').aware,
+                     defenses.AWARE_NOISE_PRIOR)
+
+  def test_register_a_new_defense(self):
+    spec = defenses.DefenseSpec(
+        name='halve', fn=lambda key, grads, strength: jax.tree.map(
+            lambda g: g / 2, grads), strength=defenses.IGNORED)
+    # Restores both tables afterwards.
+    with mock.patch.dict(defenses._REGISTRY), mock.patch.dict(  # pylint: disable=protected-access
+        defenses.DEFENSES):
+      self.assertIs(defenses.register(spec), spec)
+      self.assertIs(defenses.lookup('halve'), spec)
+      self.assertIs(defenses.get_defense('halve'), spec.fn)
+      defenses.check_strength('halve', 0.0)
+      with self.assertRaisesRegex(ValueError, r"'halve' \(ignored\)"):
+        defenses.check_strength('halve', -1.0)
+    self.assertNotIn('halve', defenses.REGISTRY)
+
+  @parameterized.named_parameters(
+      ('unknown_aware', dict(aware='blur'), 'aware'),
+      ('no_room', dict(max_strength=0.0), 'max_strength'),
+      ('no_name', dict(name=''), 'name'),
+      ('not_callable', dict(fn=None), 'fn'),
+      ('ignored_identity', dict(strength=defenses.IGNORED,
+                                identity_at_zero=True), 'identity'),
+  )
+  def test_bad_spec(self, overrides, message):
+    kwargs = dict(name='x', fn=defenses.gaussian_noise,
+                  strength='noise variance')
+    kwargs.update(overrides)
+    with self.assertRaisesRegex(ValueError, message):
+      defenses.DefenseSpec(**kwargs)
+
+  def test_spec_is_frozen_and_keyword_only(self):
+    spec = defenses.lookup('gaussian')
+    with self.assertRaises(dataclasses.FrozenInstanceError):
+      spec.name = 'other'  # pytype: disable=not-writable
+    with self.assertRaises(TypeError):
+      defenses.DefenseSpec('x', defenses.gaussian_noise, 'noise variance')  # pylint: disable=too-many-function-args
 
   @parameterized.parameters(
       ('gaussian', -1e-3), ('laplacian', -1.0), ('dp_sgd', -0.5),

@@ -7,9 +7,12 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import utility as utility_config
+from dlg_jax.core import client
+from dlg_jax.core import defenses
 from dlg_jax.pipelines import utility as utility_pipeline
 from dlg_jax.vision import data
 from dlg_jax.vision import utility
@@ -131,12 +134,54 @@ class AccuracyTableTest(absltest.TestCase):
     self.assertEqual(cache_size(), compiled)
 
 
+def _linear(params, x):
+  return x.reshape(x.shape[0], -1) @ params['w'] + params['b'][None]
+
+
+class SharedGradientTest(parameterized.TestCase):
+  """What the server receives under every registered defense (and 'none')."""
+
+  @parameterized.named_parameters(
+      (name, name) for name in (utility.BASELINE, *sorted(defenses.REGISTRY)))
+  def test_shared_gradient(self, name):
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = {'w': jax.random.normal(k1, (4, 3)), 'b': jnp.zeros((3,))}
+    x = jax.random.normal(k2, (5, 2, 2, 1))
+    labels = jax.nn.one_hot(jnp.arange(5) % 3, 3)
+    strength, clip_norm = jnp.float32(0.25), jnp.float32(0.5)
+    shared = jax.jit(utility._shared_gradient, static_argnums=(0, 1))(  # pylint: disable=protected-access
+        name, _linear, params, x, labels, k3, strength, clip_norm)
+    if utility.is_per_example(name):
+      expected = defenses.dp_sgd_gradient(k3, _linear, params, x, labels,
+                                          strength, clip_norm=clip_norm)
+    else:
+      expected = client.gradient(_linear, params, x, labels)
+      if name != utility.BASELINE:
+        expected = defenses.lookup(name).fn(k3, expected, strength)
+    self.assertEqual(jax.tree.structure(shared), jax.tree.structure(params))
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  def test_table_labels_come_from_the_registry(self):
+    label = utility_pipeline.strength_label
+    self.assertEqual(label('none', 0.0, 1.0), '-')
+    self.assertEqual(label('float16', 0.0, 1.0), '-')  # Ignored.
+    self.assertEqual(label('gaussian', 0.0, 1.0), '0')
+    self.assertEqual(label('prune_layer', 0.5, 1.0), '0.5')
+    self.assertEqual(label('dp_sgd', 2.0, 0.5), 'sigma=2, C=0.5')
+
+
 class ValidationTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
     ds = data.load_bundled('mnist')
     self.split = utility.split(ds.x[:50], ds.y[:50], num_test=10)
+
+  def test_unknown_defense_lists_the_registry(self):
+    with self.assertRaisesRegex(ValueError,
+                                r"'blur'.*'none'.*dp_sgd.*prune_layer"):
+      utility.check_defense('blur', [0.0])
 
   @parameterized.named_parameters(
       ('unknown_defense', dict(defense='blur'), 'defense'),

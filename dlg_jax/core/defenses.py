@@ -14,10 +14,19 @@ noise variance, a pruned fraction) and is ignored by the dtype casts.
 
 DP-SGD (Abadi et al. 2016) needs each example's gradient before averaging,
 so it takes per-example gradients (`dp_sgd`) or the batch itself
-(`dp_sgd_gradient`) and is kept out of the `DEFENSES` registry.
+(`dp_sgd_gradient`).
+
+Each defense is declared once, as a `DefenseSpec` passed to `register`: its
+function, what its strength means and its valid range (`check_strength`),
+what a defense-aware attacker does against it (`aware`), and whether it acts
+on per-example gradients. `lookup(name)` returns the spec; `DEFENSES` maps
+the names of the batch-gradient defenses (all but DP-SGD) to their
+functions. Adding a defense is one function and one `register` call here.
 
 Example:
 
+  >>> lookup('prune_layer').aware == AWARE_MASK
+  True
   >>> defend = get_defense('gaussian')
   >>> check_strength('gaussian', 1e-2)
   >>> shared = defend(jax.random.key(0), grads, 1e-2)
@@ -31,7 +40,11 @@ References:
 """
 
 from collections.abc import Callable
+from collections.abc import Mapping
+import dataclasses
+import math
 import numbers
+import types
 from typing import Any
 
 import jax
@@ -142,16 +155,51 @@ def bfloat16(key: jax.Array, grads: Grads, strength: ArrayLike = 0.0) -> Grads:
   return _round_trip(jnp.bfloat16)(key, grads, strength)
 
 
+def sign(key: jax.Array, grads: Grads, strength: ArrayLike = 0.0) -> Grads:
+  """1-bit sign compression: shares `sign(g) * mean|g|` per leaf.
+
+  Each entry keeps only its sign; one float per leaf, the mean magnitude,
+  restores the scale (the scaled sign of Karimireddy et al., `||g||_1 / d`),
+  and zeros stay zero.
+
+  Args:
+    key: unused.
+    grads: the gradient pytree.
+    strength: unused.
+
+  Returns:
+    The compressed gradient, same structure and dtypes.
+
+  References:
+    Bernstein, Wang, Azizzadenesheli and Anandkumar, "signSGD: Compressed
+    Optimisation for Non-Convex Problems", ICML 2018.
+    Karimireddy, Rebjock, Stich and Jaggi, "Error Feedback Fixes SignSGD and
+    other Gradient Compression Schemes", ICML 2019.
+  """
+  del key, strength
+
+  def compress(g):
+    g32 = g.astype(jnp.float32)
+    return (jnp.sign(g32) * jnp.mean(jnp.abs(g32))).astype(g.dtype)
+
+  return jax.tree.map(compress, grads)
+
+
 def int8_scale(g: ArrayLike) -> jax.Array:
-  """The per-tensor int8 step `max|g| / 127` (0 for an all-zero tensor)."""
-  return jnp.max(jnp.abs(g)) / _INT8_MAX
+  """The per-tensor int8 step `max|g| / 127` in float32 (0 if all zero).
+
+  float32 whatever `g`'s dtype: a step rounded to bfloat16 came out one ulp
+  apart with and without jit (XLA keeps the quotient in float32).
+  """
+  return jnp.max(jnp.abs(g)).astype(jnp.float32) / _INT8_MAX
 
 
 def _int8_leaf(g: jax.Array) -> jax.Array:
   scale = int8_scale(g)
   # An all-zero tensor has scale 0; dividing by 1 instead keeps it exactly 0.
   safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  q = jnp.clip(jnp.round(g / safe), -_INT8_MAX, _INT8_MAX).astype(jnp.int8)
+  q = jnp.clip(jnp.round(g.astype(jnp.float32) / safe), -_INT8_MAX,
+               _INT8_MAX).astype(jnp.int8)
   return (q.astype(jnp.float32) * scale).astype(g.dtype)
 
 
@@ -470,58 +518,198 @@ def compose(*defenses: Defense) -> Defense:
   return composed
 
 
-DEFENSES: dict[str, Defense] = {
-    'gaussian': gaussian_noise,
-    'laplacian': laplacian_noise,
-    'float16': float16,
-    'bfloat16': bfloat16,
-    'int8': int8,
-    'prune_layer': prune_per_layer,
-    'prune_global': prune_global,
-}
+# What a defense-aware attacker (`attack.aware_target`) does against a
+# defense: match only the coordinates that survived (`surviving_mask`); weigh
+# a TV prior in proportion to the noise variance (MAP under Gaussian-like
+# noise); or nothing, the plain attacker.
+AWARE_MASK = 'mask'
+AWARE_NOISE_PRIOR = 'noise_prior'
+AWARE_NONE = 'none'
+_AWARE = (AWARE_MASK, AWARE_NOISE_PRIOR, AWARE_NONE)
 
-# Defenses whose strength is a fraction that must lie in [0, 1).
-_FRACTIONS = frozenset({'prune_layer', 'prune_global'})
+# `DefenseSpec.strength` of a defense that takes no strength (the casts).
+IGNORED = 'ignored'
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DefenseSpec:
+  """Everything the library knows about one defense, declared once.
+
+  Attributes:
+    name: the name configs and results use.
+    fn: `(key, grads, strength) -> grads`; for a per-example defense, `grads`
+      has a leading `[batch]` axis and the output has none.
+    strength: what the strength means, a short phrase for messages and
+      tables ('noise variance', 'pruned fraction', or `IGNORED`).
+    max_strength: strengths must be finite and lie in `[0, max_strength)`.
+    aware: what a defense-aware attacker does against it: `AWARE_MASK`,
+      `AWARE_NOISE_PRIOR` (the strength must be the noise variance) or
+      `AWARE_NONE`.
+    per_example: True when the defense acts on each example's gradient
+      before averaging (DP-SGD): the utility study then computes the shared
+      gradient with `dp_sgd_gradient` rather than applying `fn` to the batch
+      gradient, and the attack sweep, which defends a batch gradient, does
+      not take it.
+    identity_at_zero: True when strength 0 shares the gradient unchanged
+      (noise of variance 0, pruning nothing).
+    sweep_strengths: the strengths a sweep tries unless told others (the
+      DLG paper's grid, its figure 6, where the paper has one).
+  """
+  name: str
+  fn: Defense
+  strength: str
+  max_strength: float = math.inf
+  aware: str = AWARE_NONE
+  per_example: bool = False
+  identity_at_zero: bool = False
+  sweep_strengths: tuple[float, ...] = (0.0,)
+
+  def __post_init__(self):
+    if not self.name or not isinstance(self.name, str):
+      raise ValueError(f'name must be a non-empty str, got {self.name!r}.')
+    if not callable(self.fn):
+      raise ValueError(f'fn of defense {self.name!r} must be callable, got '
+                       f'{self.fn!r}.')
+    if self.aware not in _AWARE:
+      raise ValueError(f'aware of defense {self.name!r} must be one of '
+                       f'{list(_AWARE)}, got {self.aware!r}.')
+    if not self.max_strength > 0:
+      raise ValueError(f'max_strength of defense {self.name!r} must be > 0, '
+                       f'got {self.max_strength!r}.')
+    if not self.sweep_strengths:
+      raise ValueError(f'sweep_strengths of defense {self.name!r} is empty.')
+    if self.identity_at_zero and self.strength == IGNORED:
+      raise ValueError(f'defense {self.name!r} ignores its strength, so '
+                       'strength 0 cannot be its identity.')
+
+
+_REGISTRY: dict[str, DefenseSpec] = {}
+# Every registered defense by name, read-only; `register` adds to it.
+REGISTRY: Mapping[str, DefenseSpec] = types.MappingProxyType(_REGISTRY)
+# The defenses of a batch gradient (all but the per-example ones), name ->
+# fn: what the attack sweep can run. Kept in step by `register`.
+DEFENSES: dict[str, Defense] = {}
+
+
+def register(spec: DefenseSpec) -> DefenseSpec:
+  """Adds `spec` to the registry (and, unless per-example, to `DEFENSES`).
+
+  Args:
+    spec: the defense.
+
+  Returns:
+    `spec`.
+
+  Raises:
+    ValueError: a defense of that name is already registered.
+  """
+  if spec.name in _REGISTRY:
+    raise ValueError(f'A defense named {spec.name!r} is already registered.')
+  _REGISTRY[spec.name] = spec
+  if not spec.per_example:
+    DEFENSES[spec.name] = spec.fn
+  return spec
+
+
+def lookup(name: str) -> DefenseSpec:
+  """The registered defense called `name`.
+
+  Raises:
+    ValueError: an unknown `name`, listing the known ones.
+  """
+  if not isinstance(name, str) or name not in _REGISTRY:
+    raise ValueError(
+        f'Unknown defense {name!r}; choose one of {sorted(_REGISTRY)}.')
+  return _REGISTRY[name]
 
 
 def get_defense(name: str) -> Defense:
-  """Returns the defense called `name`, or raises a ValueError naming it.
+  """The function of the batch-gradient defense `name`.
 
-  `dp_sgd` is not here: it needs per-example gradients; call it directly.
+  Raises:
+    ValueError: an unknown `name`, or a per-example one (DP-SGD: call
+      `dp_sgd` or `dp_sgd_gradient`), naming it.
   """
   if name not in DEFENSES:
+    if name in _REGISTRY:
+      raise ValueError(
+          f'Defense {name!r} acts on per-example gradients ('
+          f'lookup({name!r}).fn, or `dp_sgd_gradient` from a batch); choose a '
+          f'batch-gradient defense from {sorted(DEFENSES)}.')
     raise ValueError(
-        f'Unknown defense {name!r}; choose one of {sorted(DEFENSES)} (DP-SGD '
-        'is `dp_sgd`, which takes per-example gradients).')
+        f'Unknown defense {name!r}; choose one of {sorted(DEFENSES)} (or the '
+        f'per-example {sorted(set(_REGISTRY) - set(DEFENSES))}).')
   return DEFENSES[name]
 
 
 def check_strength(name: str, strength: ArrayLike) -> None:
   """Validates a (concrete) strength, or an array of them, for `name`.
 
-  Noise variances and multipliers must be >= 0; pruning fractions must lie
-  in [0, 1) (pruning everything leaves nothing to share). Traced values are
-  not checked.
+  Strengths must be finite and lie in `[0, lookup(name).max_strength)`:
+  noise variances and multipliers >= 0, pruned fractions below 1 (pruning
+  everything leaves nothing to share). Traced values are not checked.
 
   Args:
-    name: a key of `DEFENSES`, or `'dp_sgd'`.
+    name: a registered defense (per-example ones included).
     strength: the strength, or an array of strengths for a sweep.
 
   Raises:
-    ValueError: naming the unknown defense or the bad `strength`.
+    ValueError: naming the unknown defense, or the defense and its bad
+      `strength`.
   """
-  if name != 'dp_sgd':
-    get_defense(name)
+  spec = lookup(name)
   if isinstance(strength, jax.core.Tracer):
     return
   values = np.asarray(strength, np.float64)
-  if not np.all(values >= 0):  # Also catches NaN.
+  # Comparisons are False for NaN, so NaN fails too.
+  if not np.all(np.isfinite(values) & (values >= 0)
+                & (values < spec.max_strength)):
     raise ValueError(
-        f'strength for {name!r} must be >= 0, got {strength!r}.')
-  if name in _FRACTIONS and not np.all(values < 1):
-    raise ValueError(
-        f'strength for {name!r} is a pruned fraction and must be in [0, 1), '
-        f'got {strength!r}.')
-  if not np.all(np.isfinite(values)):
-    raise ValueError(
-        f'strength for {name!r} must be finite, got {strength!r}.')
+        f'strength for {name!r} ({spec.strength}) must be finite and in '
+        f'[0, {spec.max_strength:g}), got {strength!r}.')
+
+
+def _dp_sgd_unit_clip(key: jax.Array, per_example_grads: Grads,
+                     strength: ArrayLike) -> Grads:
+  """`dp_sgd` with clip norm 1: the registry's `(key, grads, strength)` form.
+
+  The strength is the noise multiplier sigma, so the noise std is
+  `sigma / batch`. For another bound call `dp_sgd` (or `dp_sgd_gradient`)
+  with `clip_norm`.
+  """
+  return dp_sgd(key, per_example_grads, strength, clip_norm=1.0)
+
+
+# The DLG paper's grids (its figure 6).
+_NOISE_VARIANCES = (1e-4, 1e-3, 1e-2, 1e-1)
+_PRUNED_FRACTIONS = (0.01, 0.1, 0.2, 0.3, 0.5, 0.7)
+
+register(DefenseSpec(
+    name='gaussian', fn=gaussian_noise, strength='noise variance',
+    aware=AWARE_NOISE_PRIOR, identity_at_zero=True,
+    sweep_strengths=_NOISE_VARIANCES))
+register(DefenseSpec(
+    name='laplacian', fn=laplacian_noise, strength='noise variance',
+    aware=AWARE_NOISE_PRIOR, identity_at_zero=True,
+    sweep_strengths=_NOISE_VARIANCES))
+# Their error is deterministic and far below the gradient's scale: the
+# plain attacker.
+register(DefenseSpec(name='float16', fn=float16, strength=IGNORED))
+register(DefenseSpec(name='bfloat16', fn=bfloat16, strength=IGNORED))
+register(DefenseSpec(name='int8', fn=int8, strength=IGNORED))
+register(DefenseSpec(
+    name='prune_layer', fn=prune_per_layer, strength='pruned fraction',
+    max_strength=1.0, aware=AWARE_MASK, identity_at_zero=True,
+    sweep_strengths=_PRUNED_FRACTIONS))
+register(DefenseSpec(
+    name='prune_global', fn=prune_global, strength='pruned fraction',
+    max_strength=1.0, aware=AWARE_MASK, identity_at_zero=True,
+    sweep_strengths=_PRUNED_FRACTIONS))
+register(DefenseSpec(name='sign', fn=sign, strength=IGNORED))
+# Not the noise prior: its noise std is sigma C / B, not sqrt(strength), and
+# the clipping rescales the gradient first. The sweep does not take it (it
+# defends one batch gradient); the utility study's grid is its default.
+register(DefenseSpec(
+    name='dp_sgd', fn=_dp_sgd_unit_clip,
+    strength='noise multiplier (clip norm 1)', aware=AWARE_NONE,
+    per_example=True, sweep_strengths=(0.0, 0.5, 1.0, 2.0, 4.0)))

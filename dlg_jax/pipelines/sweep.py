@@ -36,9 +36,14 @@ def check_sweep(config) -> sweep_lib.SweepSpec:
   """The sweep's spec from `config.sweep`, errors naming the config key."""
   cfg = config.sweep
   for name in cfg.defenses:
+    # DEFENSES: the registered defenses of a batch gradient, which is what
+    # the sweep defends; the utility study takes per-example ones too.
     if name not in defenses_lib.DEFENSES:
+      why = ('acts on per-example gradients, which the sweep (one image per '
+             'gradient) does not form' if name in defenses_lib.REGISTRY
+             else 'is not a registered defense')
       raise errors.ConfigError(
-          f'config.sweep.defenses: unknown defense {name!r}; choose from '
+          f'config.sweep.defenses: {name!r} {why}; choose from '
           f'{sorted(defenses_lib.DEFENSES)}.')
   defenses = common.defense_grid(
       'sweep', cfg.defenses, cfg.strengths, defenses_lib.check_strength)

@@ -14,6 +14,7 @@ from typing import Any
 
 from absl import logging
 
+from dlg_jax.core import defenses
 from dlg_jax.core import errors
 from dlg_jax.core import figures
 from dlg_jax.pipelines import common
@@ -32,9 +33,10 @@ def check_utility(config) -> list[tuple[str, tuple[float, ...]]]:
 
 def strength_label(name: str, strength: float, clip_norm: float) -> str:
   """The strength as the table shows it."""
-  if name == utility.DP_SGD:
+  if utility.is_per_example(name):
     return f'sigma={strength:g}, C={clip_norm:g}'
-  if name == utility.BASELINE or strength == 0:
+  if (name == utility.BASELINE
+      or defenses.lookup(name).strength == defenses.IGNORED):
     return '-'
   return f'{strength:g}'
 
@@ -90,7 +92,7 @@ def train_grid(config, grid, data_split
       for j, seed in enumerate(seeds):
         record = {'defense': name, 'strength': s, 'seed': seed,
                   'accuracy': float(acc[i, j])}
-        if name == utility.DP_SGD:
+        if utility.is_per_example(name):
           record.update(noise_multiplier=s, clip_norm=clip_norm)
         records.append(record)
   return records, seconds

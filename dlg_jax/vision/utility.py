@@ -63,9 +63,6 @@ from dlg_jax.vision import models
 # The no-defense baseline: the mini-batch gradient as is. Its one strength
 # (conventionally 0) is ignored.
 BASELINE = 'none'
-# DP-SGD clips and noises per-example gradients (defenses.dp_sgd_gradient);
-# its strength is the noise multiplier sigma, with a separate clip norm.
-DP_SGD = 'dp_sgd'
 
 # The defaults measured in configs/utility.py: 16 epochs of 400 images.
 DEFAULT_STEPS = 200
@@ -135,7 +132,7 @@ def check_defense(name: str, strengths: ArrayLike) -> None:
   """Validates a defense name and its (concrete) strengths for training.
 
   Args:
-    name: `'none'`, `'dp_sgd'` or a key of `defenses.DEFENSES`.
+    name: `'none'` or a name in `defenses.REGISTRY`.
     strengths: a strength or an array of them (see
       `defenses.check_strength`).
 
@@ -150,24 +147,34 @@ def check_defense(name: str, strengths: ArrayLike) -> None:
       raise ValueError(f'strength for {name!r} must be finite and >= 0 '
                        f'(it is ignored), got {strengths!r}.')
     return
-  if name != DP_SGD and name not in defenses.DEFENSES:
+  if name not in defenses.REGISTRY:
     raise ValueError(
-        f'Unknown defense {name!r}; choose {BASELINE!r}, {DP_SGD!r} or one '
-        f'of {sorted(defenses.DEFENSES)}.')
+        f'Unknown defense {name!r}; choose {BASELINE!r} or one of '
+        f'{sorted(defenses.REGISTRY)}.')
   defenses.check_strength(name, strengths)
+
+
+def is_per_example(name: str) -> bool:
+  """Whether `name` clips per-example gradients at `clip_norm` (DP-SGD).
+
+  Its strength is then a noise multiplier; `'none'` is not.
+  """
+  return name != BASELINE and defenses.lookup(name).per_example
 
 
 def _shared_gradient(defense: str, apply_fn: client.ApplyFn, params,
                      x: jax.Array, labels: jax.Array, key: jax.Array,
                      strength: jax.Array, clip_norm: jax.Array):
   """The mini-batch gradient as the server receives it under `defense`."""
-  if defense == DP_SGD:
+  if is_per_example(defense):
+    # One example at a time under lax.scan, never a vmap over examples:
+    # see defenses.clipped_mean_gradient.
     return defenses.dp_sgd_gradient(key, apply_fn, params, x, labels,
                                     strength, clip_norm=clip_norm)
   grads = client.gradient(apply_fn, params, x, labels)
   if defense == BASELINE:
     return grads
-  return defenses.get_defense(defense)(key, grads, strength)
+  return defenses.lookup(defense).fn(key, grads, strength)
 
 
 def train_and_evaluate(key: jax.Array, strength: ArrayLike,
@@ -199,17 +206,18 @@ def train_and_evaluate(key: jax.Array, strength: ArrayLike,
     key: a PRNG key; its fold-ins 0, 1 and 2 draw the initial weights, the
       batch order and the defense's randomness (folded with the step).
     strength: the defense's scalar strength (ignored by `'none'` and the
-      dtype casts).
+      defenses whose `DefenseSpec.strength` is `defenses.IGNORED`).
     train_x: `[n_train, h, w, c]` images.
     train_y: `[n_train]` int labels.
     test_x: `[n_test, h, w, c]` images.
     test_y: `[n_test]` int labels.
-    defense: `'none'`, `'dp_sgd'` or a key of `defenses.DEFENSES`.
+    defense: `'none'` or a name in `defenses.REGISTRY`.
     steps: SGD steps >= 1.
     batch_size: images per step, at most `n_train`.
     learning_rate: SGD learning rate.
     momentum: heavy-ball momentum in [0, 1).
-    clip_norm: DP-SGD's per-example L2 bound (unused by other defenses).
+    clip_norm: the per-example L2 bound of a per-example defense (DP-SGD);
+      unused by the others.
     num_classes: the classifier's outputs.
     init_scale: LeNet's uniform init bound.
     activation: LeNet's activation, a key of `models.ACTIVATIONS`.
@@ -311,9 +319,9 @@ def accuracy_grid(defense: str, strengths: ArrayLike, data_split: Split, *,
   strengths, seeds or learning rate of the same length reuses it.
 
   Args:
-    defense: `'none'` (baseline), `'dp_sgd'` or a key of `defenses.DEFENSES`.
-    strengths: `[num_strengths]` strengths (for `'dp_sgd'`, noise
-      multipliers).
+    defense: `'none'` (baseline) or a name in `defenses.REGISTRY`.
+    strengths: `[num_strengths]` strengths (for a per-example defense,
+      DP-SGD, noise multipliers).
     data_split: training and test images, e.g. from `split`.
     seeds: one model per seed (its init, batch order and noise).
     steps: SGD steps.
