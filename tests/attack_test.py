@@ -213,25 +213,6 @@ class RunnerTest(parameterized.TestCase):
         self.result.x, np.asarray(self.final.best['x'])[winners],
         rtol=1e-4, atol=1e-5)
 
-  def test_nan_restart_never_wins(self):
-    state = self._job(self.final, 0)
-    state = jax.tree.map(np.asarray, state._replace(opt_state=None))
-    values = [[np.nan, 2.0, 1.0],   # the finite minimum wins
-              [np.inf, np.nan, 5.0],
-              [np.nan, np.nan, np.nan],  # diverged everywhere
-              [0.5, np.nan, -np.inf]]  # -inf is no better than NaN
-    final = [state._replace(best_value=np.float32(v),
-                            best={'x': np.full_like(state.best['x'], k)})
-             for k, v in enumerate(np.ravel(values))]
-    result = attack._reduce_restarts(
-        self.attack, final, np.zeros((4, 1), int), np.ones(12), n=4,
-        restarts=3, compile_seconds=0.0)
-    np.testing.assert_array_equal(result.restart, [2, 2, 0, 0])
-    np.testing.assert_array_equal(result.diverged, [False, False, True, False])
-    np.testing.assert_array_equal(result.distance[:2], [1.0, 5.0])
-    np.testing.assert_array_equal(result.x[:, 0, 0, 0, 0], [2, 5, 6, 9])
-    np.testing.assert_array_equal(result.seconds, [3.0] * 4)
-
   def test_result_finite_and_shaped(self):
     result = self.result
     for field, value in result._asdict().items():
@@ -427,7 +408,9 @@ class TargetFieldsTest(parameterized.TestCase):
 
   def test_aware_target_per_defense(self):
     plain = attack.make_target(self.attack, self.grads, self.y)
-    for name in ('float16', 'bfloat16', 'int8'):
+    # Every defense the registry marks AWARE_NONE: the plain target.
+    for name in [n for n, spec in defenses.REGISTRY.items()
+                 if spec.aware == defenses.AWARE_NONE]:
       got = attack.aware_target(self.attack, name, 0.0, self.grads, self.y)
       self.assertIsNone(got.mask)
       self.assertIsNone(got.tv_weight)
@@ -438,8 +421,9 @@ class TargetFieldsTest(parameterized.TestCase):
                                attack.AWARE_TV_PER_VARIANCE * 1e-4,
                                rtol=1e-6)
     self.assertIsNone(noisy.mask)
-    with self.assertRaisesRegex(ValueError, 'dp_sgd'):
-      attack.aware_target(self.attack, 'dp_sgd', 1.0, self.grads, self.y)
+    with self.assertRaisesRegex(ValueError, 'no_such_defense'):
+      attack.aware_target(self.attack, 'no_such_defense', 1.0, self.grads,
+                          self.y)
     cosine = dataclasses.replace(self.attack, distance='cosine')
     with self.assertRaisesRegex(ValueError, 'l2'):
       attack.aware_target(cosine, 'laplacian', 1e-4, self.grads, self.y)
@@ -528,16 +512,6 @@ class AttackConfigTest(parameterized.TestCase):
                         tv_final_weight=0.0, tv_stages=3)
     np.testing.assert_allclose(got, [0.02, 0.02, 0.01, 0.01, 0.0, 0.0, 0.0],
                                atol=1e-8)
-
-  def test_bucket(self):
-    self.assertEqual([attack._bucket(n) for n in range(1, 18)],
-                     [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16,
-                      24])
-    sizes = {attack._bucket(n) for n in range(1, 1025)}
-    self.assertEqual(sorted(sizes)[:9], [1, 2, 3, 4, 6, 8, 12, 16, 24])
-    self.assertLen(sizes, 20)
-    for n in range(1, 1025):
-      self.assertBetween(attack._bucket(n), n, max(2, 1.5 * n))
 
 
 if __name__ == '__main__':

@@ -26,7 +26,6 @@ import math
 import time
 from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -37,6 +36,7 @@ from dlg_jax.core import client
 from dlg_jax.core import defenses
 from dlg_jax.core import objectives
 from dlg_jax.core import optim
+from dlg_jax.core import runner
 from dlg_jax.vision import labels as labels_lib
 LABEL_MODES = ('analytic', 'joint', 'known')
 LABEL_METHODS = ('auto',) + labels_lib.LABEL_METHODS
@@ -460,10 +460,19 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
 
 
 def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
-              num_steps: int) -> AttackState:
-  """`num_steps` steps of one job under `lax.scan`."""
+              num_steps: int, *, stop_at: int | None = None) -> AttackState:
+  """`num_steps` steps of one job under `lax.scan`.
+
+  With `stop_at`, steps from `state.step == stop_at` on leave the state as
+  it is, so a runner's chunks can all have one length (one program) while a
+  job ends at exactly `attack.num_steps`.
+  """
   def body(state, _):
-    return attack_step(attack, params, state, target), None
+    new = attack_step(attack, params, state, target)
+    if stop_at is not None:
+      running = state.step < stop_at
+      new = jax.tree.map(lambda a, b: jnp.where(running, a, b), new, state)
+    return new, None
   state, _ = jax.lax.scan(body, state, None, length=num_steps)
   return state
 
@@ -510,9 +519,6 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
 # The TV weight per unit of noise variance of `aware_target`: 3 at variance
 # 1e-4, the best fixed weight measured there (see `aware_target`).
 AWARE_TV_PER_VARIANCE = 3e4
-_NOISES = ('gaussian', 'laplacian')
-_PRUNINGS = ('prune_layer', 'prune_global')
-_CASTS = ('float16', 'bfloat16', 'int8')
 
 
 def aware_target(attack: Attack, defense: str, strength: ArrayLike,
@@ -522,22 +528,22 @@ def aware_target(attack: Attack, defense: str, strength: ArrayLike,
                  tv_per_variance: float = AWARE_TV_PER_VARIANCE) -> Target:
   """The target of an attacker who knows the defense and its strength.
 
-  `make_target` plus what that knowledge allows, by `defense` (a name from
-  `defenses.DEFENSES`, static; `strength` may be traced, so one `vmap`
-  covers a sweep of strengths):
+  `make_target` plus what that knowledge allows, by what the registry says
+  of `defense` (`defenses.lookup(defense).aware`; the name is static,
+  `strength` may be traced, so one `vmap` covers a sweep of strengths):
 
-  * pruning ('prune_layer', 'prune_global'): only the coordinates that
-    survived are matched (`Target.mask` from `defenses.surviving_mask`); a
-    pruned coordinate says only that its magnitude was small, and matching
-    the dummy's gradient to 0 there pulls it away from the original.
-  * noise ('gaussian', 'laplacian') of variance `strength`: a TV prior of
-    weight `tv_per_variance * strength` replaces `attack.tv_weight`. This is
-    MAP estimation: with noise of variance s^2 the log-likelihood is the l2
-    distance over 2 s^2, so a fixed prior's weight relative to the distance
-    grows in proportion to the variance (and vanishes without noise). It
-    assumes the 'l2' distance.
-  * casts ('float16', 'bfloat16', 'int8'): the plain target; their error
-    is deterministic and far below the gradient's scale.
+  * `AWARE_MASK` (pruning): only the coordinates that survived are matched
+    (`Target.mask` from `defenses.surviving_mask`); a pruned coordinate says
+    only that its magnitude was small, and matching the dummy's gradient to
+    0 there pulls it away from the original.
+  * `AWARE_NOISE_PRIOR` (noise of variance `strength`): a TV prior of
+    weight `tv_per_variance * strength` replaces `attack.tv_weight`. This
+    is MAP estimation: with noise of variance s^2 the log-likelihood is the
+    l2 distance over 2 s^2, so a fixed prior's weight relative to the
+    distance grows in proportion to the variance (and vanishes without
+    noise). It assumes the 'l2' distance.
+  * `AWARE_NONE` (casts, DP-SGD): the plain target; a cast's error is
+    deterministic and far below the gradient's scale.
 
   Args:
     attack: the attack.
@@ -558,18 +564,16 @@ def aware_target(attack: Attack, defense: str, strength: ArrayLike,
   """
   target = make_target(attack, defended_grads, true_labels, ground_truth,
                        params=params)
-  if defense in _PRUNINGS:
+  aware = defenses.lookup(defense).aware
+  if aware == defenses.AWARE_MASK:
     return target._replace(mask=defenses.surviving_mask(defended_grads))
-  if defense in _NOISES:
+  if aware == defenses.AWARE_NOISE_PRIOR:
     if attack.distance != 'l2':
       raise ValueError(f'aware_target weighs the prior against the l2 '
                        f'distance; got distance {attack.distance!r}.')
     weight = tv_per_variance * jnp.asarray(strength, jnp.float32)
     return target._replace(tv_weight=weight)
-  if defense in _CASTS:
-    return target
-  raise ValueError(f'aware_target knows no defense {defense!r}; choose one of '
-                   f'{list(_PRUNINGS + _NOISES + _CASTS)}.')
+  return target
 
 
 class Result(NamedTuple):
@@ -591,6 +595,7 @@ class Result(NamedTuple):
     snapshots: `[num_snapshots, n, batch, h, w, c]` of the winning restart.
     diverged: `[n]` whether every restart diverged (never finite).
     compile_seconds: total compile time of the run.
+    compiles: programs the run compiled (0 when `runner.CACHE` held them).
   """
   x: np.ndarray
   labels: np.ndarray
@@ -604,25 +609,16 @@ class Result(NamedTuple):
   snapshots: np.ndarray
   diverged: np.ndarray
   compile_seconds: float
-
-
-def _bucket(n: int) -> int:
-  """The padded batch size for `n` jobs: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
-
-  Sizes of 2^k and 3 * 2^(k-1) cap the padding waste at 1.5x while keeping
-  the number of compiled sizes logarithmic.
-  """
-  if n <= 2:
-    return n
-  k = math.floor(math.log2(n))
-  for size in (2 ** k, 3 * 2 ** (k - 1), 2 ** (k + 1)):
-    if size >= n:
-      return size
-  raise AssertionError(n)
+  compiles: int = 0
 
 
 def _take(tree: Any, index: np.ndarray) -> Any:
   return jax.tree.map(lambda a: a[index], tree)
+
+
+def _padded(lanes: int, size: int) -> np.ndarray:
+  """`[size]` lane indices: `0..lanes-1`, then repeats of them (padding)."""
+  return np.arange(size) % lanes
 
 
 def reconstruct(
@@ -641,10 +637,14 @@ def reconstruct(
 ) -> Result:
   """Runs the attack on many targets at once and keeps the best restart.
 
-  All targets x restarts run as one vmapped batch of jobs in jitted chunks
-  of `chunk_size` steps. After each chunk, jobs that converged leave the
-  batch, and the batch is repacked into a smaller compiled size. This way a
-  few slow targets do not make every target pay for their steps.
+  All targets x restarts run as one vmapped batch of jobs (at most
+  `max_parallel` at a time) in jitted chunks of about `chunk_size` steps.
+  After each chunk, jobs that converged leave the batch; once at most half
+  of it is still running, the batch shrinks to the running jobs, so a few
+  slow targets do not make every target pay for their steps. A run compiles
+  at most two batch sizes and one chunk length (`runner.next_size`,
+  `runner.chunk_lengths`), and the executables stay in `runner.CACHE` for
+  the next call with the same attack and shapes.
 
   Args:
     attack: the attack.
@@ -656,7 +656,8 @@ def reconstruct(
     restarts: random restarts per target; the lowest final distance wins.
     ground_truth: optional `[n, batch, h, w, c]` images, to record the step
       of success (never used by the attack itself).
-    chunk_size: steps per compiled chunk.
+    chunk_size: steps per compiled chunk (made equal, see
+      `runner.chunk_lengths`).
     max_parallel: most jobs run at once (memory bound); None runs all.
     log_every_seconds: progress logging interval.
     prior: the image prior `attack.prior_weight` weighs, shared by every
@@ -680,50 +681,41 @@ def reconstruct(
   num_jobs = n * restarts
   job_target = np.repeat(np.arange(n), restarts)
   keys = jax.random.split(key, num_jobs)
-  max_parallel = num_jobs if max_parallel is None else max(1, max_parallel)
-
+  width = num_jobs if max_parallel is None else max(1, min(max_parallel,
+                                                           num_jobs))
+  length, num_chunks = runner.chunk_lengths(attack.num_steps, chunk_size)
+  stop_at = (attack.num_steps if length * num_chunks != attack.num_steps
+             else None)
+  counter = runner.CompileCounter()
   init_fn = jax.jit(jax.vmap(lambda k: init_state(attack, k)))
-  compiled: dict[tuple[int, int], Any] = {}
-  compile_seconds = 0.0
-
-  def get_chunk_fn(size: int, length: int, states, job_targets):
-    nonlocal compile_seconds
-    if (size, length) not in compiled:
-      # params are an argument, not a closed-over constant that XLA would
-      # fold into (and slow) every compile.
-      fn = jax.jit(jax.vmap(
-          lambda s, t, p: run_steps(attack, p, s, t, length),
-          in_axes=(0, 0, None)), donate_argnums=0)
-      start = time.perf_counter()
-      compiled[size, length] = fn.lower(states, job_targets, params).compile()
-      compile_seconds += time.perf_counter() - start
-    return compiled[size, length]
-
-  start = time.perf_counter()
-  jax.block_until_ready(init_fn(keys[:1]))
-  compile_seconds += time.perf_counter() - start
+  # params are an argument, not a closed-over constant that XLA would fold
+  # into (and slow) every compile.
+  chunk_fn = jax.jit(jax.vmap(
+      lambda s, t, p: run_steps(attack, p, s, t, length, stop_at=stop_at),
+      in_axes=(0, 0, None)), donate_argnums=0)
+  sizes: list[int] = []
+  progress = runner.Progress('reconstruct', every_seconds=log_every_seconds)
 
   final: list[Any] = [None] * num_jobs
   seconds = np.zeros(num_jobs)
-  pending = np.arange(num_jobs)
-  last_log = time.perf_counter()
-  while pending.size:
-    active, pending = pending[:max_parallel], pending[max_parallel:]
-    states = init_fn(keys[active])
-    steps_done = 0
-    while active.size:
-      length = min(chunk_size, attack.num_steps - steps_done)
-      size = _bucket(active.size)
-      slots = np.concatenate([np.arange(active.size),
-                              np.zeros(size - active.size, int)])
-      job_targets = _take(targets, job_target[active][slots])
-      padded = _take(states, slots) if size != active.size else states
-      fn = get_chunk_fn(size, length, padded, job_targets)
+  for first in range(0, num_jobs, width):
+    group = np.arange(first, min(first + width, num_jobs))
+    # Lane i runs job active[lanes[i]]; lanes past the running jobs repeat
+    # them and are ignored.
+    active, lanes = group, _padded(group.size, width)
+    batch_keys = keys[active[lanes]]
+    states = runner.CACHE.compiled(('init', attack), init_fn, batch_keys)(
+        batch_keys)
+    for chunk in range(num_chunks):
+      job_targets = _take(targets, job_target[active[lanes]])
+      sizes.append(lanes.size)
+      fn = runner.CACHE.compiled(('chunk', attack, length, stop_at), chunk_fn,
+                                 states, job_targets, params)
       start = time.perf_counter()
-      states = jax.block_until_ready(fn(padded, job_targets, params))
+      states = jax.block_until_ready(fn(states, job_targets, params))
       # Each running job pays an equal share of the chunk, padding included.
       seconds[active] += (time.perf_counter() - start) / active.size
-      steps_done += length
+      steps_done = min((chunk + 1) * length, attack.num_steps)
       converged, best_value = jax.device_get(
           (states.converged_step[:active.size],
            states.best_value[:active.size]))
@@ -734,32 +726,38 @@ def reconstruct(
         # state (megabytes per job, never read again).
         kept = jax.device_get(_take(
             states._replace(variables=None, opt_state=None), finished))
-        for j, slot in enumerate(finished):
-          final[active[slot]] = jax.tree.map(lambda a: a[j], kept)  # pylint: disable=cell-var-from-loop
-      keep = np.nonzero(~done)[0]
-      if keep.size:
-        states = _take(states, keep)
-      active = active[keep]
-      if time.perf_counter() - last_log > log_every_seconds:
-        last_log = time.perf_counter()
-        logging.info(
-            '%d/%d jobs finished; %d running at step %d, best distance %.3g',
-            num_jobs - active.size - pending.size, num_jobs, active.size,
-            steps_done, float(np.min(best_value)))
-  target_labels = jax.device_get(jnp.argmax(targets.labels, axis=-1))
-  return _reduce_restarts(attack, final, target_labels, seconds, n, restarts,
-                          compile_seconds)
+        for j, lane in enumerate(finished):
+          final[active[lane]] = jax.tree.map(lambda a: a[j], kept)  # pylint: disable=cell-var-from-loop
+      # Time left counts every chunk a group could run: an upper bound.
+      progress.update(
+          first // width * num_chunks + chunk + 1,
+          math.ceil(num_jobs / width) * num_chunks,
+          f'{sum(f is not None for f in final)}/{num_jobs} jobs finished, '
+          f'{active.size - finished.size} running at step {steps_done}, '
+          f'best distance {float(np.min(best_value)):.3g}')
+      running = np.nonzero(~done)[0]
+      if not running.size:
+        break
+      if finished.size:
+        size = runner.next_size(running.size, lanes.size, sizes)
+        lanes = _padded(running.size, size)
+        states = _take(states, running[lanes])
+        active = active[running]
+  return _reduce_restarts(attack, final, jax.device_get(
+      jnp.argmax(targets.labels, axis=-1)), seconds, n, restarts,
+                          counter.seconds, counter.compiles)
 
 
 def _reduce_restarts(attack: Attack, final: Sequence[AttackState],
                      target_labels: np.ndarray, seconds: np.ndarray, n: int,
-                     restarts: int, compile_seconds: float) -> Result:
+                     restarts: int, compile_seconds: float,
+                     compiles: int) -> Result:
   """Keeps each target's restart of lowest distance; diverged ones never win."""
   states = jax.tree.map(lambda *a: np.stack(a), *final)
   states = jax.tree.map(lambda a: a.reshape(n, restarts, *a.shape[1:]),
                         states)
-  values = np.where(np.isfinite(states.best_value), states.best_value, np.inf)
-  winner = np.argmin(values, axis=1)
+  values = states.best_value
+  winner = runner.best_restart(values)
   pick = lambda a: a[np.arange(n), winner]
   best = jax.tree.map(pick, states.best)
   steps = pick(states.step)
@@ -782,4 +780,4 @@ def _reduce_restarts(attack: Attack, final: Sequence[AttackState],
       seconds_per_step=total_seconds / np.maximum(total_steps, 1),
       snapshots=np.moveaxis(snapshots, 1, 0),
       diverged=~np.isfinite(values).any(axis=1),
-      compile_seconds=compile_seconds)
+      compile_seconds=compile_seconds, compiles=compiles)

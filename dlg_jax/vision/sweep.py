@@ -63,6 +63,7 @@ import orbax.checkpoint as ocp
 from dlg_jax.core import defenses as defenses_lib
 from dlg_jax.core import errors
 from dlg_jax.core import parallel
+from dlg_jax.core import runner
 from dlg_jax.vision import attack as attack_lib
 from dlg_jax.vision import metrics
 # Sub-streams of the sweep's key: the client's defense noise and the
@@ -156,13 +157,16 @@ class SweepResult(NamedTuple):
     label_correct: `[m]` whether the attacker's label is the true one.
     seconds: `[m]` attack wall time, all restarts, compile excluded (a
       chunk's time shared among its jobs).
-    compile_seconds: compile time of this run (0 where all was resumed).
+    compile_seconds: compile time of this run (0 where all was resumed, or
+      where `runner.CACHE` held every executable from an earlier call).
     resumed_chunks: chunks loaded from the workdir instead of run.
     resumed_jobs: jobs those chunks hold (`[0, resumed_jobs)`).
     num_devices: devices the jobs were spread over.
     jobs_per_device: jobs each device ran per chunk.
-    compiles: executables compiled (one per defense run, plus a memory
-      probe when `jobs_per_device` was chosen from memory).
+    compiles: executables compiled by this run: one per defense run, plus a
+      memory probe (one job per device) when `jobs_per_device` was chosen
+      from memory and no chunk has that size; none that `runner.CACHE`
+      held from an earlier call.
   """
   defense: np.ndarray
   strength: np.ndarray
@@ -698,17 +702,16 @@ def check_workdir(workdir: str, attack: attack_lib.Attack, params: Any,
   return steps[-1] if steps else 0
 
 
-def _memory_probe(fn, inputs) -> tuple[Any, int | None]:
-  """Compiles `fn` at one job per device; returns it and bytes per job."""
-  compiled = fn.lower(*inputs).compile()
+def _bytes_per_job(compiled: Any) -> int | None:
+  """Memory one job of a one-job-per-device executable needs, if known."""
   try:
     stats = compiled.memory_analysis()
   except (NotImplementedError, jax.errors.JaxRuntimeError):
     stats = None
   if stats is None:
-    return compiled, None
-  return compiled, int(stats.temp_size_in_bytes + stats.output_size_in_bytes
-                       + stats.argument_size_in_bytes)
+    return None
+  return int(stats.temp_size_in_bytes + stats.output_size_in_bytes
+             + stats.argument_size_in_bytes)
 
 
 def run_sweep(
@@ -814,32 +817,30 @@ def run_sweep(
               xs[take(jobs['image'])], ys[take(jobs['image'])])
       return jobs, parallel.put_jobs(mesh, host) + (replicated_params,)
 
-    def jit_fn(d: int):
+    def executable(d: int, inputs):
+      """The defense's compiled chunk, from `runner.CACHE` when it has it."""
       name = spec.defenses[d][0]
       jobs, one = parallel.job_sharding(mesh), parallel.replicated(mesh)
-      return jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
-                     in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
+      fn = jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
+                   in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
+      return runner.CACHE.compiled(
+          ('sweep', attack, name, d, spec.seed, spec.defense_aware), fn,
+          *inputs)
 
-    compiled: dict[int, Any] = {}
-    compile_seconds, compiles = 0.0, 0
+    counter = runner.CompileCounter()
     # Jobs each device still needs per defense: chunks bigger than that
     # would be padding.
     need = [parallel.padded_size(
         max(0, int(offsets[d + 1] - max(offsets[d], store.done))), devices)
             // devices for d in range(len(spec.defenses))]
     if store.done < offsets[-1] and jobs_per_device is None:
-      start = time.perf_counter()
       # The next job to run probes the memory one job needs.
       d = int(np.searchsorted(offsets, store.done, side='right')) - 1
       first = Chunk(d, store.done, store.done + 1)
-      probe, per_job = _memory_probe(jit_fn(first.defense),
-                                     inputs_for(first, devices)[1])
-      compile_seconds += time.perf_counter() - start
-      compiles += 1
+      per_job = _bytes_per_job(executable(first.defense,
+                                          inputs_for(first, devices)[1]))
       jobs_per_device = parallel.choose_jobs_per_device(
           mesh, per_job, max_jobs=max_jobs_per_device)
-      if _even(need[first.defense], jobs_per_device) == 1:
-        compiled[first.defense] = probe
       logging.info('at most %d jobs per device (%s bytes per job)',
                    jobs_per_device, per_job)
     elif jobs_per_device is None:
@@ -851,14 +852,9 @@ def run_sweep(
     total = store.resumed_chunks + len(todo)
     for i, chunk in enumerate(todo):
       jobs, inputs = inputs_for(chunk, per_device[chunk.defense] * devices)
-      if chunk.defense not in compiled:
-        start = time.perf_counter()
-        compiled[chunk.defense] = jit_fn(chunk.defense).lower(
-            *inputs).compile()
-        compile_seconds += time.perf_counter() - start
-        compiles += 1
+      fn = executable(chunk.defense, inputs)
       start = time.perf_counter()
-      out = parallel.fetch(compiled[chunk.defense](*inputs))
+      out = parallel.fetch(fn(*inputs))
       seconds = time.perf_counter() - start
       size = chunk.stop - chunk.start
       out = {k: np.asarray(v)[:size] for k, v in out.items()}
@@ -868,8 +864,8 @@ def run_sweep(
                    np.arange(chunk.start, chunk.stop)[kept], out['x'][kept])
       if on_chunk is not None:
         on_chunk(store.resumed_chunks + i + 1, total, chunk, seconds)
-    return _reduce(spec, n, store, keep, compile_seconds, devices,
-                   max(per_device), compiles, resumed_jobs)
+    return _reduce(spec, n, store, keep, counter.seconds, devices,
+                   max(per_device), counter.compiles, resumed_jobs)
 
 
 def _log_resume(workdir: str, store: _MemoryStore, num_jobs: int) -> None:
@@ -893,8 +889,7 @@ def _reduce(spec: SweepSpec, n: int, store: _MemoryStore, keep: int,
   arrays = store.all_metrics()
   group = lambda a: a.reshape(-1, r, *a.shape[1:])
   distance = group(arrays['distance'])
-  winner = np.argmin(np.where(np.isfinite(distance), distance, np.inf),
-                     axis=1)
+  winner = runner.best_restart(distance)
   rows = np.arange(distance.shape[0])
   pick = lambda a: group(a)[rows, winner]
   jobs = job_indices(spec, n, 0, spec.num_jobs(n))
