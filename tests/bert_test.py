@@ -14,7 +14,9 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from dlg_jax.text import bert
-from dlg_jax.text import data as text
+from dlg_jax.text import data
+
+
 # Silent broadcasting between arrays of different rank fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -205,7 +207,7 @@ class BertTest(parameterized.TestCase):
       bert.load_safetensors(path, TINY, jax.random.key(0))
     config = bert.get_config('minilm')
     params = bert.load_safetensors(path, config, jax.random.key(0))
-    tok = text.make_tokenizer()
+    tok = data.make_tokenizer()
 
     @jax.jit
     def embed(ids):
@@ -215,7 +217,7 @@ class BertTest(parameterized.TestCase):
       h = jnp.mean(state['intermediates']['layer_5']['__call__'][0], axis=0)
       return h / jnp.linalg.norm(h)
 
-    a, b = (embed(jnp.asarray(text.encode(tok, s, max_length=64)))
+    a, b = (embed(jnp.asarray(data.encode(tok, s, max_length=64)))
             for s in ('A man is eating food.',
                       'A man is eating a piece of bread.'))
     # The similarity the sentence-transformers documentation shows for

@@ -18,9 +18,12 @@ import numpy as np
 
 from dlg_jax.core import errors
 from dlg_jax.core import figures
-from dlg_jax.text import attack as text_attack
 from dlg_jax.text import bert
-from dlg_jax.text import data as text
+from dlg_jax.text import data
+from dlg_jax.text import log
+from dlg_jax.text import recover
+
+
 def _fail(key: str, message: str, cause: Exception | None = None):
   raise errors.ConfigError(f'config.{key}: {message}') from cause
 
@@ -33,6 +36,74 @@ def _choice(config, key: str, options) -> None:
     _fail(key, f'{value!r} is not one of {sorted(options)}.')
 
 
+def _check(config: ml_collections.ConfigDict):
+  """The model's shape, after checking the values nothing needs loaded."""
+  try:
+    model_config = bert.get_config(config.model.size)
+  except ValueError as e:
+    _fail('model.size', str(e), e)
+  _choice(config, 'attack.init', ('leak', 'uniform'))
+  _choice(config, 'attack.distance', ('cosine', 'l2'))
+  _choice(config, 'attack.length', ('leak', 'given'))
+  if config.attack.num_steps < 0 or config.attack.log_every < 1:
+    _fail('attack.num_steps', 'needs num_steps >= 0 and log_every >= 1.')
+  if config.attack.max_labels is not None and config.attack.max_labels < 1:
+    _fail('attack.max_labels', f'{config.attack.max_labels} < 1; unset '
+          'keeps every leaked label.')
+  if not 0.0 < config.client.mask_rate <= 1.0:
+    _fail('client.mask_rate', f'{config.client.mask_rate} not in (0, 1].')
+  if not 3 <= config.data.max_length <= model_config.max_position_embeddings:
+    _fail('data.max_length',
+          f'{config.data.max_length} not in [3, '
+          f'{model_config.max_position_embeddings}] (the model\'s '
+          'max_position_embeddings).')
+  return model_config
+
+
+def _sentences(config: ml_collections.ConfigDict):
+  """`(tokenizer, sentences, ids)` of `config.data`."""
+  try:
+    tokenizer = data.make_tokenizer(data.load_vocab(config.data.vocab))
+  except (OSError, ValueError) as e:
+    _fail('data.vocab', str(e), e)
+
+  if config.data.npz:
+    try:
+      sentences = data.load_sentences(config.data.npz)
+    except (OSError, ValueError) as e:
+      _fail('data.npz', str(e), e)
+  else:
+    sentences = data.bundled_sentences(tokenizer, config.data.max_tokens)
+  count = config.data.count
+  if count is not None and not 1 <= count <= len(sentences):
+    _fail('data.count', f'{count} is out of range: the data has '
+          f'{len(sentences)} sentences (unset takes all).')
+  sentences = sentences[:count]
+  ids = []
+  for i, sentence in enumerate(sentences):
+    try:
+      ids.append(data.encode(tokenizer, sentence,
+                             max_length=config.data.max_length,
+                             truncate=config.data.truncate))
+    except ValueError as e:
+      _fail('data.npz', f'sentence {i}: {e} (see config.data.max_length and '
+            'config.data.truncate)', e)
+  return tokenizer, sentences, ids
+
+
+def _params(config: ml_collections.ConfigDict, model_config):
+  """The model: `config.model.weights`, else `config.model.init_seed`."""
+  key = jax.random.key(config.model.init_seed)
+  if not config.model.weights:
+    return bert.init_params(model_config, key)
+  try:
+    path = (bert.minilm_weights_path() if config.model.weights == 'minilm'
+            else config.model.weights)
+    return bert.load_safetensors(path, model_config, key)
+  except (OSError, KeyError, ValueError) as e:
+    _fail('model.weights', str(e), e)
+
+
 def prepare(config: ml_collections.ConfigDict):
   """Checks `config` and loads what it names, before anything is compiled.
 
@@ -42,61 +113,9 @@ def prepare(config: ml_collections.ConfigDict):
   Raises:
     ConfigError: naming the config key at fault.
   """
-  try:
-    model_config = bert.get_config(config.model.size)
-  except ValueError as e:
-    _fail('model.size', str(e), e)
-  _choice(config, 'attack.init', ('leak', 'uniform'))
-  _choice(config, 'attack.distance', ('cosine', 'l2'))
-  _choice(config, 'attack.length', ('leak', 'given'))
-  if config.attack.steps < 0 or config.attack.log_every < 1:
-    _fail('attack.steps', 'needs steps >= 0 and log_every >= 1.')
-  if not 0.0 < config.client.mask_rate <= 1.0:
-    _fail('client.mask_rate', f'{config.client.mask_rate} not in (0, 1].')
-  if not 3 <= config.data.max_length <= model_config.max_position_embeddings:
-    _fail('data.max_length',
-          f'{config.data.max_length} not in [3, '
-          f'{model_config.max_position_embeddings}] (the model\'s '
-          'max_position_embeddings).')
-
-  try:
-    tokenizer = text.make_tokenizer(
-        text.load_vocab(config.data.vocab or None))
-  except (OSError, ValueError) as e:
-    _fail('data.vocab', str(e), e)
-
-  if config.data.npz:
-    try:
-      sentences = text.load_sentences(config.data.npz)
-    except (OSError, ValueError) as e:
-      _fail('data.npz', str(e), e)
-  else:
-    sentences = text.bundled_sentences(tokenizer, config.data.max_tokens)
-  count = config.data.count
-  if not 0 <= count <= len(sentences):
-    _fail('data.count', f'{count} is out of range: the data has '
-          f'{len(sentences)} sentences (0 takes all).')
-  sentences = sentences[:count or None]
-  ids = []
-  for i, sentence in enumerate(sentences):
-    try:
-      ids.append(text.encode(tokenizer, sentence,
-                             max_length=config.data.max_length,
-                             truncate=config.data.truncate))
-    except ValueError as e:
-      _fail('data.npz', f'sentence {i}: {e} (see config.data.max_length and '
-            'config.data.truncate)', e)
-
-  key = jax.random.key(config.model.seed)
-  if not config.model.weights:
-    params = bert.init_params(model_config, key)
-  else:
-    try:
-      path = (bert.minilm_weights_path() if config.model.weights == 'minilm'
-              else config.model.weights)
-      params = bert.load_safetensors(path, model_config, key)
-    except (OSError, KeyError, ValueError) as e:
-      _fail('model.weights', str(e), e)
+  model_config = _check(config)
+  tokenizer, sentences, ids = _sentences(config)
+  params = _params(config, model_config)
   return model_config, params, tokenizer, sentences, ids
 
 
@@ -105,27 +124,27 @@ def attack_sentence(config: ml_collections.ConfigDict, model_config, params,
                     ) -> dict[str, Any]:
   """Attacks sentence `i`, emitting its text log; returns its record."""
   emit(f'# sentence {i}: {len(ids) - 2} word pieces')
-  recovery = text_attack.recover_sentence(
+  recovery = recover.recover_sentence(
       model_config, params, ids,
-      mask_key=jax.random.fold_in(jax.random.key(config.client.seed), i),
-      attack_key=jax.random.fold_in(jax.random.key(config.attack.seed), i),
-      mask_id=text.special_ids(tokenizer)[text.MASK],
+      mask_key=jax.random.fold_in(jax.random.key(config.client.mask_seed), i),
+      attack_key=jax.random.fold_in(jax.random.key(config.seed), i),
+      mask_id=data.special_ids(tokenizer)[data.MASK],
       mask_rate=config.client.mask_rate,
       given_length=config.attack.length == 'given',
-      max_labels=config.attack.max_labels or None,
-      steps=config.attack.steps, log_every=config.attack.log_every,
+      max_labels=config.attack.max_labels,
+      num_steps=config.attack.num_steps, log_every=config.attack.log_every,
       learning_rate=config.attack.learning_rate,
       distance=config.attack.distance, init=config.attack.init,
       init_scale=config.attack.init_scale, bucket=config.attack.bucket,
-      callback=lambda step, rec, loss: emit(text_attack.log_line(
-          step, text.decode(tokenizer, rec))))
-  emit(text_attack.ground_truth_line(sentence))
+      callback=lambda step, rec, loss: emit(log.log_line(
+          step, data.decode(tokenizer, rec))))
+  emit(log.ground_truth_line(sentence))
   result = recovery.result
-  recovered = text.decode(tokenizer, result.ids)
+  recovered = data.decode(tokenizer, result.ids)
   return {
       'reference': sentence,
       'recovered': recovered,
-      **text.scores(result.ids[1:-1], ids[1:-1], recovered, sentence),
+      **data.scores(result.ids[1:-1], ids[1:-1], recovered, sentence),
       'seconds': recovery.seconds,
       'iterations': int(result.steps[-1]),
       'length': int(len(ids)),
@@ -133,7 +152,7 @@ def attack_sentence(config: ml_collections.ConfigDict, model_config, params,
       'masked': int(np.sum(recovery.example.masked)),
       'gradient_distance': float(result.losses[-1]),
       'token_accuracy_by_iteration': {
-          int(step): text.token_accuracy(h[1:-1], ids[1:-1])
+          int(step): data.token_accuracy(h[1:-1], ids[1:-1])
           for step, h in zip(result.steps, result.history)},
   }
 
@@ -145,8 +164,8 @@ def summarize(config: ml_collections.ConfigDict,
   summary = {f'mean_{k}': float(np.mean([r[k] for r in records]))
              for k in keys}
   summary['count'] = len(records)
-  summary['iterations'] = config.attack.steps // config.attack.log_every * (
-      config.attack.log_every)
+  summary['iterations'] = (config.attack.num_steps // config.attack.log_every
+                           * config.attack.log_every)
   return summary
 
 
@@ -165,11 +184,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.model.weights or 'random', len(sentences))
   records = []
   with open(os.path.join(workdir, 'text_log.txt'), 'w',
-            encoding='utf-8') as log:
+            encoding='utf-8') as log_file:
     def emit(line):
       logging.info('%s', line)
-      log.write(line + '\n')
-      log.flush()
+      log_file.write(line + '\n')
+      log_file.flush()
 
     for i, (sentence, ids) in enumerate(zip(sentences, all_ids)):
       record = attack_sentence(config, model_config, params, tokenizer, i,

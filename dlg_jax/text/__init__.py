@@ -1,9 +1,14 @@
 """Gradient leakage of text: DLG on a BERT masked language model.
 
-Modules:
+Modules, each importing only those above it:
   bert: the BERT masked LM in Flax and its pretrained weights.
   data: WordPiece, the bundled sentences and ROUGE.
-  attack: the client's MLM gradient, what it leaks, and the relaxed attack.
+  client: the client's masked-LM step and the gradient it shares.
+  leakage: what that gradient gives away directly: length, input tokens
+    with their positions, and the masked tokens.
+  relaxed: the attack, DLG over soft tokens restricted by the leak.
+  recover: one sentence end to end, the client's step then the attack.
+  log: the DLG paper's per-iteration text log.
 
 Imports `dlg_jax.core`, never `dlg_jax.vision` or the pipelines.
 """

@@ -5,15 +5,17 @@ three sizes (`CONFIGS`): 'tiny' for tests, 'minilm' (the 6-layer, 384-wide
 shape of MiniLM-L6-H384 / all-MiniLM-L6-v2) and 'base' (bert-base). The
 decoder of the MLM head is tied to the word embeddings as in BERT, so the
 shared gradient of the word embeddings carries both the input tokens and the
-output softmax (see `dlg_jax.text.attack`).
+output softmax (see `dlg_jax.text.leakage`).
 
 `load_safetensors` reads the `model.safetensors` of a Hugging Face BERT
 checkpoint (PyTorch layout) into these parameters, checking every shape.
 
 The model maps ONE sequence, `[length]` token ids (or `[length, hidden]`
 input embeddings), to `[length, vocab_size]` logits; `jax.vmap` batches it.
-There is no padding and no attention mask: a client's sentence is one
-sequence of exactly its own length.
+A client's sentence is one sequence of exactly its own length, unpadded;
+the optional `valid` mask hides the padding positions the attacker adds so
+that sentences of similar length share a compilation
+(`dlg_jax.text.relaxed`).
 
 References:
   Devlin, Chang, Lee and Toutanova, "BERT: Pre-training of Deep Bidirectional
