@@ -6,6 +6,10 @@ dlg_jax/samples/PROVENANCE.md), hence 81 classes.
 
 Command:
   python -m experiments.attack --config=configs/lfw.py --workdir=runs/lfw
+
+Expected result (measured, 2-core CPU): all 10 of images 0-9 at PSNR >= 30 dB
+with the correct label, min / median PSNR 37.2 / 40.1 dB. Full measurements:
+README.md, "Measured". `:quick` is the smoke run of `configs/cifar100.py`.
 """
 
 from configs import cifar100

@@ -369,7 +369,7 @@ class LauncherTest(parameterized.TestCase):
   def test_quick_batch_run_writes_matched_records(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     config = self._config(**{'attack.num_steps': 30,
-                             'attack.chunk_size': 30,
+                             'runner.chunk_size': 30,
                              'attack.snapshot_steps': (0, 10)})
     results = attack_pipeline.run(config, workdir)
     with open(os.path.join(workdir, 'results.json')) as f:

@@ -71,7 +71,7 @@ class QuickRunTest(absltest.TestCase):
   def test_quick_mnist_run_recovers_digits_and_writes_outputs(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     config = _override(mnist_config.get_config('quick'), {
-        'attack.num_steps': 300, 'attack.chunk_size': 150,
+        'attack.num_steps': 300, 'runner.chunk_size': 150,
         'attack.snapshot_steps': (0, 10, 50)})
     results = attack_pipeline.run(config, workdir)
 
@@ -101,7 +101,7 @@ class QuickRunTest(absltest.TestCase):
     npz = os.path.join(workdir, 'mine.npz')
     np.savez(npz, x=src['x'][5:7], y=src['y'][5:7])
     config = _override(mnist_config.get_config('quick'), {
-        'data.npz': npz, 'attack.num_steps': 200, 'attack.chunk_size': 200,
+        'data.npz': npz, 'attack.num_steps': 200, 'runner.chunk_size': 200,
         'attack.snapshot_steps': (0,)})
     results = attack_pipeline.run(config, os.path.join(workdir, 'out'))
     self.assertEqual([r['label'] for r in results['records']],
@@ -114,7 +114,7 @@ class SmallImagesTest(absltest.TestCase):
   def _config(self, npz):
     return _override(cifar100_config.get_config('quick'), {
         'data.npz': npz, 'data.count': None, 'attack.num_steps': 20,
-        'attack.chunk_size': 20, 'attack.snapshot_steps': (0,)})
+        'runner.chunk_size': 20, 'attack.snapshot_steps': (0,)})
 
   def test_7x7_npz_without_count_attacks_every_image_with_ssim(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())

@@ -267,8 +267,8 @@ def reconstruct(config, setup: Setup
   result = attack_lib.reconstruct(
       attack_, setup.params, grads, y, jax.random.PRNGKey(config.seed),
       restarts=config.attack.restarts, ground_truth=x,
-      chunk_size=config.attack.chunk_size,
-      max_parallel=config.attack.max_parallel or None, prior=setup.prior)
+      chunk_size=config.runner.chunk_size,
+      max_parallel=config.runner.max_parallel, prior=setup.prior)
   records, perms = [], []
   for t in range(num_targets):
     mine, perm = _target_records(ds, result, t, batch, x, y)
@@ -305,7 +305,8 @@ def run_prepared(config, workdir: str, setup: Setup) -> dict[str, Any]:
   result, records, order = reconstruct(config, setup)
   results = {'records': records,
              'summary': summarize(records, config.success_psnr,
-                                  result.compile_seconds)}
+                                  result.compile_seconds,
+                                  compiles=result.compiles)}
   # Written before the figure, so that a figure that fails loses nothing.
   figures.save_json(os.path.join(workdir, 'results.json'), results)
   write_outputs(workdir, setup, result, records, order)
@@ -338,7 +339,8 @@ def _stat(fn, values) -> float | None:
 
 
 def summarize(records: list[dict[str, Any]], success_psnr: float,
-              compile_seconds: float) -> dict[str, Any]:
+              compile_seconds: float, *,
+              compiles: int | None = None) -> dict[str, Any]:
   """Aggregates per-image records (and, for batches, per batch).
 
   A metric that failed on a record (None) is left out of its means; such a
@@ -367,6 +369,9 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
       'median_seconds_to_success': (
           statistics.median(to_success) if to_success else None),
       'compile_seconds': compile_seconds,
+      # Programs compiled by the attack (0 when an earlier call of the same
+      # process had compiled them); None where not counted.
+      'compiles': compiles,
       'batch_size': max(len(b) for b in batches.values()),
       # A batch succeeds when every original, paired by the best matching,
       # is at success_psnr with its label right.

@@ -175,7 +175,7 @@ def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
                              f'{config.model.pretrain_steps}.')
   model = errors.under('config.model', models.get_model, config.model.name,
                        num_classes=config.model.num_classes,
-                       activation=config.model.activation or None)
+                       activation=config.model.activation)
   errors.under('config.model.num_classes', data.check_labels, labels,
                config.model.num_classes)
   # The records' metrics need a window that fits (metrics.ssim_window);
@@ -240,9 +240,14 @@ def check_attack_config(config, batch: int) -> None:
   if a.restarts < 1:
     raise errors.ConfigError(
         f'config.attack.restarts must be >= 1, got {a.restarts}.')
-  if a.chunk_size < 1:
+  r = config.runner
+  if r.chunk_size < 1:
     raise errors.ConfigError(
-        f'config.attack.chunk_size must be >= 1, got {a.chunk_size}.')
+        f'config.runner.chunk_size must be >= 1, got {r.chunk_size}.')
+  if r.max_parallel is not None and r.max_parallel < 1:
+    raise errors.ConfigError(
+        'config.runner.max_parallel must be >= 1 or unset (every target at '
+        f'once), got {r.max_parallel}.')
 
 
 def make_attack(config, model, image_shape: tuple[int, ...],
@@ -257,8 +262,7 @@ def make_attack(config, model, image_shape: tuple[int, ...],
       local_steps=c.local_steps, local_lr=c.learning_rate,
       local_batch_size=c.local_batch_size, distance=a.distance,
       tv_weight=a.tv_weight,
-      # A negative tv_final_weight (the config's default) keeps it constant.
-      tv_final_weight=(None if a.tv_final_weight < 0 else a.tv_final_weight),
+      tv_final_weight=a.tv_final_weight,
       tv_decay_steps=a.tv_decay_steps, tv_stages=a.tv_stages,
       prior_weight=a.prior_weight, optimizer=a.optimizer,
       learning_rate=a.learning_rate, memory_size=a.memory_size,
