@@ -15,8 +15,6 @@ from dlg_jax.vision import attack
 from dlg_jax.vision import data
 from dlg_jax.vision import metrics
 from dlg_jax.vision import models
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

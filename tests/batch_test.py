@@ -101,7 +101,6 @@ class BatchLabelsTest(parameterized.TestCase):
         self.assertEqual(got[method].tolist(), [label], method)
 
   def test_round_counts(self):
-    self.enter_context(jax.numpy_rank_promotion('raise'))
     got = labels.round_counts(jnp.array([1.6, 0.3, 2.4, -0.2, 0.7]), 5)
     self.assertEqual(got.tolist(), [2, 0, 2, 0, 1])
     # A surplus is taken back from the smallest fractions.
@@ -228,7 +227,6 @@ class FedAvgTest(parameterized.TestCase):
 class BatchSuccessTest(absltest.TestCase):
 
   def test_permuted_and_duplicated(self):
-    self.enter_context(jax.numpy_rank_promotion('raise'))
     ref = jnp.asarray(data.load_dataset('cifar100', count=4).x)
     perm = jnp.array([3, 0, 2, 1])
     self.assertTrue(attack.batch_success(ref[perm], ref, 30.0))

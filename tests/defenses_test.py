@@ -14,8 +14,6 @@ from dlg_jax.core import client
 from dlg_jax.core import defenses
 from dlg_jax.vision import data
 from dlg_jax.vision import models
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 _NUM_CLASSES = 100
 

@@ -17,7 +17,6 @@ _SHAPE = (4, 4, 2)
 _CLASSES = 5
 
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

@@ -9,8 +9,6 @@ import numpy as np
 from dlg_jax.core import client
 from dlg_jax.vision import labels
 from dlg_jax.vision import models
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 _IMAGE_SHAPE = (8, 8, 3)
 _NUM_CLASSES = 10

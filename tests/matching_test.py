@@ -14,7 +14,6 @@ class MatchingTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.enter_context(jax.numpy_rank_promotion('raise'))
     self.rng = np.random.default_rng(0)
     self.ref = data.load_dataset('cifar100', count=8).x
 

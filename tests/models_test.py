@@ -7,8 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlg_jax.vision import models
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

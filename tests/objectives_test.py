@@ -9,8 +9,6 @@ import numpy as np
 
 from dlg_jax.core import objectives
 from dlg_jax.vision import identifiability
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

@@ -10,8 +10,6 @@ import numpy as np
 import optax
 
 from dlg_jax.core import optim
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 

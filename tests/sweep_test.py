@@ -14,7 +14,6 @@ from dlg_jax.pipelines import sweep as sweep_pipeline
 from dlg_jax.vision import sweep
 from tests import parallel_worker
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

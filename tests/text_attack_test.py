@@ -13,8 +13,6 @@ from configs import bert as bert_config
 from dlg_jax.pipelines import text_attack
 from dlg_jax.text import bert
 
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

@@ -9,8 +9,6 @@ from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import data
 
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

@@ -12,8 +12,6 @@ from dlg_jax.text import data
 from dlg_jax.text import leakage
 from dlg_jax.text import relaxed
 
-# Silent broadcasting between arrays of different rank fails loudly here.
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 def setUpModule():

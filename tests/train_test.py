@@ -8,7 +8,6 @@ from dlg_jax.core import client
 from dlg_jax.vision import data
 from dlg_jax.vision import models
 from dlg_jax.vision import train
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 class TrainTest(absltest.TestCase):

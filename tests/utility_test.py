@@ -18,7 +18,6 @@ from dlg_jax.vision import data
 from dlg_jax.vision import utility
 from tests import isolated
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 # Both end-to-end tests train with these settings, so the one compiled
 # program per defense serves both (see test_no_recompilation).
