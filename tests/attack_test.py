@@ -267,6 +267,19 @@ class RunnerTest(parameterized.TestCase):
     self.assertEqual(self.apply_fn.count, count)
     self.assertFalse(np.allclose(again.best['x'], self.final.best['x']))
 
+  def test_equal_model_reuses_the_compiled_runner(self):
+    def run():
+      # A new apply function of an equal module each time.
+      fresh = dataclasses.replace(
+          self.attack, apply_fn=models.make_apply_fn(_Mlp()))
+      return attack.reconstruct(
+          fresh, self.params, self.grads, self.ys[:, None], self.key,
+          restarts=2, ground_truth=self.xs, chunk_size=_NUM_STEPS // 2)
+    first, again = run(), run()
+    self.assertEqual(again.compiles, 0)
+    self.assertEqual(again.compile_seconds, 0.0)
+    np.testing.assert_array_equal(again.x, first.x)
+
   def test_reconstruct_compiles_each_chunk_once(self):
     # One trace of the vmapped chunk, counted without compiling it ...
     count = self.apply_fn.count

@@ -31,6 +31,19 @@ class CompileCacheTest(absltest.TestCase):
     cache.compiled('g', jitted, x)
     self.assertEqual(cache.compiles, 3)
 
+  def test_jax_settings_are_part_of_the_key(self):
+    cache = runner.CompileCache()
+    jitted = jax.jit(lambda x: x + 1)
+    x = jnp.ones((2,))
+    cache.compiled('f', jitted, x)
+    jax.config.update('jax_disable_most_optimizations', True)
+    try:
+      cache.compiled('f', jitted, x)
+    finally:
+      jax.config.update('jax_disable_most_optimizations', False)
+    cache.compiled('f', jitted, x)
+    self.assertEqual(cache.compiles, 2)
+
   def test_oldest_entries_dropped(self):
     cache = runner.CompileCache(max_entries=2)
     jitted = jax.jit(lambda x: x + 1)

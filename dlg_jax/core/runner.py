@@ -46,14 +46,25 @@ def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
   return treedef, tuple(avals)
 
 
+def _config_state() -> tuple[Any, ...]:
+  """The global JAX settings a compiled program may depend on.
+
+  All of them (e.g. `jax_disable_most_optimizations`, which the tests set
+  per module), plus the matmul precision's context value; a conservative
+  key, since a program is only reused under the settings it was built with.
+  """
+  return (tuple(sorted((k, repr(v)) for k, v in jax.config.values.items())),
+          repr(jax.config.jax_default_matmul_precision))
+
+
 class CompileCache:
   """Compiled executables that outlive a call, with compile counts.
 
   `compiled(key, jitted, *args)` returns the executable of `jitted` (a
   `jax.jit`-wrapped function) for `args`, lowering and compiling it only the
   first time that `key` (hashable: whatever the Python closure depends on,
-  e.g. the attack and the chunk length) meets these argument shapes. The
-  oldest entries are dropped beyond `max_entries`.
+  e.g. the attack and the chunk length) meets these argument shapes under
+  these JAX settings. The oldest entries are dropped beyond `max_entries`.
 
   Attributes:
     compiles: compiles done since the cache was made.
@@ -69,7 +80,7 @@ class CompileCache:
 
   def compiled(self, key: Hashable, jitted: Any, *args: Any) -> Any:
     """The executable of `jitted(*args)` under `key`, compiled if missing."""
-    full_key = (key, _signature(args))
+    full_key = (key, _signature(args), _config_state())
     if full_key in self._executables:
       self._executables.move_to_end(full_key)
       return self._executables[full_key]

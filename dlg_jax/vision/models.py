@@ -7,6 +7,7 @@ take a selectable activation so that one can see where gradient leakage weakens
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -211,8 +212,20 @@ def init_params(model: nn.Module, key: jax.Array,
   return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))['params']
 
 
-def make_apply_fn(model: nn.Module):
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+  """`(params, x) -> logits`: `model` as a pure function of its params.
+
+  Equal (and equally hashed) for equal modules, unlike a closure: an attack
+  built on it is a static argument that two calls with the same model share,
+  so `dlg_jax.core.runner.CACHE` serves the second call without compiling.
+  """
+  model: nn.Module
+
+  def __call__(self, params, x: jax.Array) -> jax.Array:
+    return self.model.apply({'params': params}, x)
+
+
+def make_apply_fn(model: nn.Module) -> ModelApply:
   """Returns `(params, x) -> logits`, the model as a pure function of params."""
-  def apply_fn(params, x: jax.Array) -> jax.Array:
-    return model.apply({'params': params}, x)
-  return apply_fn
+  return ModelApply(model)
