@@ -17,8 +17,6 @@ from dlg_jax.text import bert
 from dlg_jax.text import data
 
 
-
-
 def setUpModule():
   # Tiny models: compile time dominates.
   jax.config.update('jax_disable_most_optimizations', True)

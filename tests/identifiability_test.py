@@ -17,8 +17,6 @@ _SHAPE = (4, 4, 2)
 _CLASSES = 5
 
 
-
-
 def setUpModule():
   jax.config.update('jax_disable_most_optimizations', True)
 

@@ -12,7 +12,6 @@ import optax
 from dlg_jax.core import optim
 
 
-
 def setUpModule():
   # Programs of a few dozen flops: compile time dominates.
   jax.config.update('jax_disable_most_optimizations', True)

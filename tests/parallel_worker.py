@@ -18,7 +18,6 @@ from absl import flags
 import jax
 
 
-
 def define_flags():
   # Defined when run, not on import: the test module imports `tiny`.
   flags.DEFINE_integer('devices', 8, 'Simulated CPU devices in this process.')

@@ -15,7 +15,6 @@ from dlg_jax.vision import sweep
 from tests import parallel_worker
 
 
-
 def setUpModule():
   # Compile time dominates these tests; see attack_test.
   jax.config.update('jax_disable_most_optimizations', True)

@@ -14,7 +14,6 @@ from dlg_jax.pipelines import text_attack
 from dlg_jax.text import bert
 
 
-
 def setUpModule():
   # Tiny models: compile time dominates.
   jax.config.update('jax_disable_most_optimizations', True)

@@ -8,21 +8,13 @@ import numpy as np
 from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import data
+from tests import text_fixtures
 
 
-
-def setUpModule():
-  # Tiny models: compile time dominates.
-  jax.config.update('jax_disable_most_optimizations', True)
-
-
-def tearDownModule():
-  jax.config.update('jax_disable_most_optimizations', False)
-
-
-TINY = bert.get_config('tiny')
-MASK = 103
-SENTENCE = 'He played my brother in Mercury Fur.'  # bundled WikiText
+setUpModule = text_fixtures.set_up_module
+tearDownModule = text_fixtures.tear_down_module
+TINY, MASK, SENTENCE = (text_fixtures.TINY, text_fixtures.MASK,
+                        text_fixtures.SENTENCE)
 
 
 class MaskTokensTest(absltest.TestCase):
