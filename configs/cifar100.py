@@ -47,11 +47,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pretrain_steps = 0
   config.model.pretrain_lr = 1e-3
 
+  # The attack's sections take their fields from here by name
+  # (dlg_jax.vision.attack: Labels, Objective, Optimization, Start;
+  # dlg_jax.pipelines.common.make_attack), beside the restarts and the
+  # prior's data.
   config.attack = ml_collections.ConfigDict()
+  # Labels.
   config.attack.label_mode = 'analytic'   # analytic (iDLG), joint (DLG), known
   # How 'analytic' reads labels: auto (idlg for batch 1, else count), idlg,
   # yin (distinct labels), count (repeated labels too).
   config.attack.label_method = 'auto'
+  # Objective.
   config.attack.distance = 'l2'           # l2 (DLG), cosine (Geiping et al.)
   config.attack.tv_weight = 0.0
   # Annealing of the TV weight (dlg_jax.vision.attack.tv_weight_at): a cosine from
@@ -70,13 +76,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.prior_weight = 0.0
   config.attack.prior_images = 'unattacked'
   config.attack.prior_floor = 1e-3
+  # Optimization.
   config.attack.optimizer = 'lbfgs'       # lbfgs, lbfgs_linesearch, adam
   config.attack.learning_rate = 0.1       # adam only
   config.attack.memory_size = 100
   config.attack.num_steps = 6000
+  config.attack.tol = 2e-8
+  # Start.
   config.attack.init = 'grey'             # grey, uniform, randn
   config.attack.init_scale = 0.05
-  config.attack.tol = 2e-8
+  # Random starts per target (the lowest distance wins), and the steps the
+  # reconstruction figure shows.
   config.attack.restarts = 1
   config.attack.snapshot_steps = (0, 10, 20, 50, 100, 200, 500, 1000)
 
@@ -89,8 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.runner.chunk_size = 250
   config.runner.max_parallel = ml_collections.config_dict.placeholder(int)
 
-  # What the client shares: local_steps 1 is FedSGD (its gradient); more is
-  # FedAvg (the weight difference after that many local SGD steps).
+  # What the client shares (dlg_jax.core.client.Client): local_steps 1 is
+  # FedSGD (its gradient); more is FedAvg (the weight difference after that
+  # many local SGD steps).
   config.client = ml_collections.ConfigDict()
   config.client.local_steps = 1
   config.client.learning_rate = 0.1     # local SGD learning rate (FedAvg)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import batch as batch_config
 from dlg_jax.core import client
+from dlg_jax.core import errors
 from dlg_jax.core import figures
 from dlg_jax.pipelines import attack as attack_pipeline
 from dlg_jax.pipelines import batch_study
@@ -186,40 +187,47 @@ class FedAvgTest(parameterized.TestCase):
                            **kwargs)
 
   @parameterized.named_parameters(
-      ('steps', dict(local_steps=0), 'local_steps'),
-      ('method', dict(label_method='guess'), 'label_method.*guess'),
-      ('fedsgd_mini_batch', dict(local_batch_size=2), 'local_batch_size'),
-      ('analytic_mini_batch', dict(local_steps=2, local_batch_size=2),
-       'analytic.*local_batch_size'),
-      ('yin_batch', dict(batch=11, label_method='yin'), 'yin'),
+      ('steps', dict(local_steps=0), {}, '^local_steps must'),
+      ('method', {}, dict(label_method='guess'), '^label_method.*guess'),
+      ('fedsgd_mini_batch', dict(local_batch_size=2), {},
+       '^client.local_batch_size.*FedSGD'),
+      ('analytic_mini_batch', dict(local_steps=2, local_batch_size=2), {},
+       '^threat.client.local_batch_size.*analytic'),
+      ('yin_batch', {}, dict(batch=11, label_method='yin'),
+       '^labels.label_method.*yin'),
   )
-  def test_attack_rejects(self, kwargs, message):
+  def test_attack_rejects(self, client_kwargs, kwargs, message):
+    # Each section names its own field; checks across sections name the
+    # field's path from the attack.
     kwargs = {'batch': 4, **kwargs}
-    with self.assertRaisesRegex(ValueError, message):
-      attack.Attack(apply_fn=self.apply_fn, image_shape=_SHAPE,
-                    num_classes=_NUM_CLASSES, **kwargs)
+    with self.assertRaisesRegex(errors.FieldError, message):
+      attack.make(apply_fn=self.apply_fn, image_shape=_SHAPE,
+                  num_classes=_NUM_CLASSES,
+                  client=client.Client(**client_kwargs), **kwargs)
 
   def test_attack_matches_client(self):
-    atk = attack.Attack(apply_fn=self.apply_fn, image_shape=_SHAPE,
-                        num_classes=_NUM_CLASSES, batch=4, local_steps=2,
-                        local_lr=0.2, label_mode='joint', local_batch_size=2)
+    atk = attack.make(
+        apply_fn=self.apply_fn, image_shape=_SHAPE, num_classes=_NUM_CLASSES,
+        batch=4, label_mode='joint', client=client.Client(
+            local_steps=2, learning_rate=0.2, local_batch_size=2))
     self._assert_trees_close(
-        attack.shared_update(atk, self.params, self.x, self.y),
+        atk.threat.shared_update(self.params, self.x, self.y),
         client.fedavg_update(self.apply_fn, self.params, self.x, self.y,
                              local_steps=2, learning_rate=0.2,
                              local_batch_size=2), rtol=1e-6)
     # With analytic labels the target is still the update itself.
-    one = attack.Attack(apply_fn=self.apply_fn, image_shape=_SHAPE,
-                        num_classes=_NUM_CLASSES, local_steps=3, local_lr=0.2)
-    update = attack.shared_update(one, self.params, self.x[:1], self.y[:1])
+    one = attack.make(
+        apply_fn=self.apply_fn, image_shape=_SHAPE, num_classes=_NUM_CLASSES,
+        client=client.Client(local_steps=3, learning_rate=0.2))
+    update = one.threat.shared_update(self.params, self.x[:1], self.y[:1])
     target = attack.make_target(one, update, jnp.array([1]),
                                 params=self.params)
     self._assert_trees_close(target.grads, update, rtol=0, atol=0)
     self.assertEqual(int(jnp.argmax(target.labels[0])), 1)
-    fedsgd = attack.Attack(apply_fn=self.apply_fn, image_shape=_SHAPE,
-                           num_classes=_NUM_CLASSES, batch=4)
+    fedsgd = attack.make(apply_fn=self.apply_fn, image_shape=_SHAPE,
+                         num_classes=_NUM_CLASSES, batch=4)
     self._assert_trees_close(
-        attack.shared_update(fedsgd, self.params, self.x, self.y),
+        fedsgd.threat.shared_update(self.params, self.x, self.y),
         client.gradient(self.apply_fn, self.params, self.x, self.y),
         rtol=0, atol=0)
 
@@ -262,10 +270,10 @@ class BatchAttackTest(absltest.TestCase):
     x, y = ds.x[pick], ds.y[pick]
     self.assertEqual(y.tolist(), [1, 1])
     apply_fn, params = _lenet(num_classes=10, shape=x.shape[1:])
-    atk = attack.Attack(apply_fn=apply_fn, image_shape=x.shape[1:],
-                        num_classes=10, batch=2, num_steps=300,
-                        snapshot_steps=(0,), success_psnr=30.0)
-    grads = attack.shared_update(atk, params, x, jax.nn.one_hot(y, 10))
+    atk = attack.make(apply_fn=apply_fn, image_shape=x.shape[1:],
+                      num_classes=10, batch=2, num_steps=300,
+                      snapshot_steps=(0,), success_psnr=30.0)
+    grads = atk.threat.shared_update(params, x, jax.nn.one_hot(y, 10))
     result = attack.reconstruct(
         atk, params, jax.tree.map(lambda g: g[None], grads), y[None],
         jax.random.key(0), ground_truth=x[None], chunk_size=300)

@@ -37,8 +37,8 @@ def _tiny_mlp():
     h = jax.nn.sigmoid(h @ p['hidden'][:-1] + p['hidden'][-1:])
     return h @ p['out'][:-1] + p['out'][-1:]
 
-  attack = attack_lib.Attack(apply_fn=apply_fn, image_shape=_SHAPE,
-                             num_classes=_CLASSES)
+  attack = attack_lib.make(apply_fn=apply_fn, image_shape=_SHAPE,
+                           num_classes=_CLASSES)
   return attack, params
 
 
@@ -46,7 +46,7 @@ def _tiny_mlp():
 def _jacobian(attack, params, x, labels):
   """The full `[n, d]` Jacobian of the flattened gradient, by jacfwd."""
   def update(flat):
-    g = attack_lib.shared_update(attack, params, flat.reshape(x.shape),
+    g = attack.threat.shared_update(params, flat.reshape(x.shape),
                                  labels)
     return flatten_util.ravel_pytree(g)[0]
   return jax.jacfwd(update)(x.ravel())
@@ -78,7 +78,7 @@ class GramTest(parameterized.TestCase):
 
   @parameterized.parameters(12, 1000)
   def test_equals_jacobian_transpose_jacobian(self, chunk_size):
-    gram = _gram(self.attack, self.params, self.x, self.labels,
+    gram = _gram(self.attack.threat, self.params, self.x, self.labels,
                  chunk_size=chunk_size)
     self.assertEqual(gram.shape, (32, 32))
     scale = np.abs(self.brute).max()
@@ -89,15 +89,16 @@ class GramTest(parameterized.TestCase):
   def test_no_jit_equals_jit(self):
     np.testing.assert_allclose(
         np.asarray(identifiability.gradient_jacobian_gram(
-            self.attack, self.params, self.x, self.labels, chunk_size=32)),
-        np.asarray(_gram(self.attack, self.params, self.x, self.labels,
+            self.attack.threat, self.params, self.x, self.labels,
+            chunk_size=32)),
+        np.asarray(_gram(self.attack.threat, self.params, self.x, self.labels,
                          chunk_size=32)),
         rtol=1e-5, atol=1e-6 * np.abs(self.brute).max())
 
   def test_batch_of_two_is_one_jacobian_over_both_images(self):
     x = jax.random.uniform(jax.random.key(2), (2, *_SHAPE))
     labels = jax.nn.one_hot(jnp.array([0, 4]), _CLASSES)
-    gram = _gram(self.attack, self.params, x, labels, chunk_size=32)
+    gram = _gram(self.attack.threat, self.params, x, labels, chunk_size=32)
     jac = np.asarray(_jacobian(self.attack, self.params, x, labels),
                      np.float64)
     self.assertEqual(gram.shape, (64, 64))
@@ -107,10 +108,10 @@ class GramTest(parameterized.TestCase):
   def test_rejects_bad_input(self):
     with self.assertRaisesRegex(ValueError, 'chunk_size'):
       identifiability.gradient_jacobian_gram(
-          self.attack, self.params, self.x, self.labels, chunk_size=0)
+          self.attack.threat, self.params, self.x, self.labels, chunk_size=0)
     with self.assertRaisesRegex(ValueError, r'x must be \[batch'):
       identifiability.gradient_jacobian_gram(
-          self.attack, self.params, self.x[0], self.labels)
+          self.attack.threat, self.params, self.x[0], self.labels)
 
   def test_least_squares_mse_matches_monte_carlo(self):
     # The linear model: observe J e + noise; least squares recovers e with

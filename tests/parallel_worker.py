@@ -38,7 +38,7 @@ def tiny_attack(num_images: int):
   from dlg_jax.vision import models  # pylint: disable=g-import-not-at-top
   model = models.get_model('lenet', num_classes=10)
   params = models.init_params(model, jax.random.key(0), (12, 12, 3))
-  attack = attack_lib.Attack(
+  attack = attack_lib.make(
       apply_fn=models.make_apply_fn(model), image_shape=(12, 12, 3),
       num_classes=10, optimizer='adam', learning_rate=0.05, num_steps=4,
       snapshot_steps=(0,))

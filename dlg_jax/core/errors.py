@@ -29,12 +29,32 @@ class ConfigError(ValueError):
   """A bad config value, flag, file or input; the message names it."""
 
 
-def under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+class FieldError(ValueError):
+  """A bad value of one field of a settings dataclass.
+
+  `field` is the field's dotted path inside the object that raised (such as
+  `'local_batch_size'`, or `'labels.label_method'` from a check across
+  sections), so that `under` can name the config key it came from.
+  """
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f'{field} {message}')
+    self.field = field
+    self.message = message
+
+
+def under(key: str | Callable[[str], str], fn: Callable[..., Any], *args,
+          **kwargs) -> Any:
   """Calls `fn`, turning its ValueError or OSError into a `ConfigError`.
+
+  A `FieldError` is named by its field: under `'config.client'`, a bad
+  `local_steps` reads `config.client.local_steps: must be ...`.
 
   Args:
     key: the config key or flag the arguments came from, e.g.
-      `'config.data.npz'`; it prefixes the message.
+      `'config.data.npz'`; it prefixes the message. A callable maps a
+      `FieldError`'s field path to the full key (for an object built from
+      several config sections); other errors then get `key('')`.
     fn: the function that validates or loads the value.
     *args: positional arguments of `fn`.
     **kwargs: keyword arguments of `fn`.
@@ -48,7 +68,13 @@ def under(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
   """
   try:
     return fn(*args, **kwargs)
+  except FieldError as e:
+    if callable(key):
+      raise ConfigError(f'{key(e.field)}: {e.message}') from None
+    raise ConfigError(f'{key}.{e.field}: {e.message}') from None
   except (ValueError, OSError) as e:
+    if callable(key):
+      key = key('')
     message = str(e)
     if isinstance(e, OSError) and e.filename is not None and (
         str(e.filename) not in message):

@@ -120,9 +120,9 @@ def shared_gradients(setup: Setup) -> tuple[jax.Array, jax.Array, Any]:
   num_targets = len(ds.x) // batch
   x = jnp.asarray(ds.x).reshape(num_targets, batch, *ds.x.shape[1:])
   y = jnp.asarray(ds.y).reshape(num_targets, batch)
-  onehot = jax.nn.one_hot(y, attack.num_classes)
-  grads = jax.jit(jax.vmap(lambda xb, yb: attack_lib.shared_update(
-      attack, params, xb, yb)))(x, onehot)
+  onehot = jax.nn.one_hot(y, attack.threat.num_classes)
+  grads = jax.jit(jax.vmap(lambda xb, yb: attack.threat.shared_update(
+      params, xb, yb)))(x, onehot)
   bad = [int(i) for i in np.nonzero(~np.all(np.stack([
       np.all(np.isfinite(g), axis=tuple(range(1, g.ndim)))
       for g in jax.tree.leaves(grads)]), axis=0))[0]]

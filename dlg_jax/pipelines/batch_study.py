@@ -206,9 +206,10 @@ def analytic_labels(setup: attack_pipeline.Setup, b: int
 
   @jax.jit
   def recover(x, y):
-    onehot = jax.nn.one_hot(y, attack.num_classes)
-    grads = client.gradient(attack.apply_fn, params, x, onehot)
-    return {m: labels.batch_labels(grads, attack.num_classes, b, method=m,
+    num_classes = attack.threat.num_classes
+    grads = client.gradient(attack.threat.apply_fn, params, x,
+                            jax.nn.one_hot(y, num_classes))
+    return {m: labels.batch_labels(grads, num_classes, b, method=m,
                                    params=params) for m in methods}
 
   got = {m: [] for m in methods}

@@ -67,8 +67,8 @@ def setup(n: int, model_name: str):
 
 
 def _attack(apply_fn, **kwargs) -> attack_lib.Attack:
-  return attack_lib.Attack(apply_fn=apply_fn, image_shape=(32, 32, 3),
-                           num_classes=100, snapshot_steps=(0,), **kwargs)
+  return attack_lib.make(apply_fn=apply_fn, image_shape=(32, 32, 3),
+                         num_classes=100, snapshot_steps=(0,), **kwargs)
 
 
 def seconds_per_evaluation(apply_fn, params, x, y, grads) -> float:

@@ -13,6 +13,7 @@ Every check raises `errors.ConfigError` naming the config key or flag.
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import logging as py_logging
 import os
 from typing import Any
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlg_jax.core import client
 from dlg_jax.core import errors
 from dlg_jax.vision import attack as attack_lib
 from dlg_jax.vision import data
@@ -199,47 +201,68 @@ def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
   return model
 
 
-def check_attack_config(config, batch: int) -> None:
-  """`config.attack` and `config.client` values `Attack` does not check.
+# Where each field of an `Attack` comes from in the config: its sections'
+# fields are keys of `config.attack`, its client's of `config.client`.
+_THREAT_KEYS = {'batch': 'config.data.batch_size',
+                'num_classes': 'config.model.num_classes',
+                'image_shape': 'config.data'}
+
+
+def attack_key(field: str) -> str:
+  """The config key of an `Attack` field path, e.g. 'labels.label_method'."""
+  path = field.split('.') if field else ['']
+  if path[:2] == ['threat', 'client']:
+    return '.'.join(['config.client', *path[2:]])
+  if path[0] == 'threat':
+    return _THREAT_KEYS.get(path[-1], 'config.data')
+  return '.'.join(['config.attack', *path[1:]]) if path[0] else 'config.attack'
+
+
+def _section(cls, values) -> dict[str, Any]:
+  """The keyword arguments of section `cls` from a config section."""
+  return {f.name: values[f.name] for f in dataclasses.fields(cls)
+          if f.name in values}
+
+
+def make_attack(config, model, image_shape: tuple[int, ...],
+                batch: int) -> attack_lib.Attack:
+  """The `Attack` of `config.attack` and `config.client` on `model`.
+
+  Each section of the attack takes its fields by name from `config.attack`
+  (`config.client` for the client), so the config keys are the dataclasses'
+  field names and an error names the key at fault.
 
   Raises:
     ConfigError: naming the key at fault.
   """
-  a, c = config.attack, config.client
-  if a.label_method not in attack_lib.LABEL_METHODS:
+  a = config.attack
+  fl_client = errors.under('config.client', client.Client,
+                           **_section(client.Client, config.client))
+  sections = {
+      'labels': attack_lib.Labels, 'objective': attack_lib.Objective,
+      'optimization': attack_lib.Optimization, 'start': attack_lib.Start}
+  kwargs = {name: errors.under('config.attack', cls, **_section(cls, a))
+            for name, cls in sections.items()}
+  threat = errors.under(
+      lambda field: attack_key(f'threat.{field}'), attack_lib.Threat,
+      apply_fn=models.make_apply_fn(model),
+      image_shape=tuple(image_shape), num_classes=config.model.num_classes,
+      batch=batch, client=fl_client)
+  return errors.under(
+      attack_key, attack_lib.Attack, threat=threat,
+      snapshot_steps=tuple(a.snapshot_steps),
+      success_psnr=config.success_psnr, **kwargs)
+
+
+def check_runner_config(config) -> None:
+  """`config.attack.restarts` and `config.runner`, which `Attack` does not hold.
+
+  Raises:
+    ConfigError: naming the key at fault.
+  """
+  if config.attack.restarts < 1:
     raise errors.ConfigError(
-        f'config.attack.label_method must be one of '
-        f'{list(attack_lib.LABEL_METHODS)}, got {a.label_method!r}.')
-  if a.label_mode == 'analytic' and a.label_method == 'idlg' and batch > 1:
-    raise errors.ConfigError(
-        'config.attack.label_method "idlg" is exact for batch 1 only; with '
-        f'config.data.batch_size={batch} use "count" (or "auto").')
-  if c.local_steps < 1:
-    raise errors.ConfigError(
-        f'config.client.local_steps must be >= 1 (1 is FedSGD), got '
-        f'{c.local_steps}.')
-  if not c.learning_rate > 0:
-    raise errors.ConfigError(
-        f'config.client.learning_rate must be > 0, got {c.learning_rate}.')
-  local_batch = c.local_batch_size or batch
-  if local_batch < 1 or batch % local_batch:
-    raise errors.ConfigError(
-        f'config.client.local_batch_size must be 0 (the whole batch) or '
-        f'divide config.data.batch_size ({batch}), got {c.local_batch_size}.')
-  if local_batch != batch and c.local_steps == 1:
-    raise errors.ConfigError(
-        'config.client.local_batch_size must be 0 with '
-        'config.client.local_steps=1 (FedSGD: one step on the whole batch), '
-        f'got {c.local_batch_size}.')
-  if local_batch != batch and a.label_mode == 'analytic':
-    raise errors.ConfigError(
-        'config.client.local_batch_size must be 0 with '
-        'config.attack.label_mode "analytic": labels read off the update do '
-        'not say which local mini-batch each belongs to; use "joint" or '
-        '"known".')
-  if a.restarts < 1:
-    raise errors.ConfigError(
-        f'config.attack.restarts must be >= 1, got {a.restarts}.')
+        f'config.attack.restarts must be >= 1, got {config.attack.restarts}.')
   r = config.runner
   if r.chunk_size < 1:
     raise errors.ConfigError(
@@ -248,27 +271,6 @@ def check_attack_config(config, batch: int) -> None:
     raise errors.ConfigError(
         'config.runner.max_parallel must be >= 1 or unset (every target at '
         f'once), got {r.max_parallel}.')
-
-
-def make_attack(config, model, image_shape: tuple[int, ...],
-                batch: int) -> attack_lib.Attack:
-  """The `Attack` of `config.attack` and `config.client` on `model`."""
-  a, c = config.attack, config.client
-  return errors.under(
-      'config.attack', attack_lib.Attack,
-      apply_fn=models.make_apply_fn(model), image_shape=image_shape,
-      num_classes=config.model.num_classes, batch=batch,
-      label_mode=a.label_mode, label_method=a.label_method,
-      local_steps=c.local_steps, local_lr=c.learning_rate,
-      local_batch_size=c.local_batch_size, distance=a.distance,
-      tv_weight=a.tv_weight,
-      tv_final_weight=a.tv_final_weight,
-      tv_decay_steps=a.tv_decay_steps, tv_stages=a.tv_stages,
-      prior_weight=a.prior_weight, optimizer=a.optimizer,
-      learning_rate=a.learning_rate, memory_size=a.memory_size,
-      num_steps=a.num_steps, init=a.init, init_scale=a.init_scale, tol=a.tol,
-      snapshot_steps=tuple(a.snapshot_steps),
-      success_psnr=config.success_psnr)
 
 
 def init_params(config, model, image_shape: tuple[int, ...],
@@ -321,8 +323,8 @@ def build(config, ds: data.Dataset
   image_shape = tuple(ds.x.shape[1:])
   model = build_model(config, image_shape, ds.y)
   batch = config.data.batch_size
-  check_attack_config(config, batch)
   attack = make_attack(config, model, image_shape, batch)
+  check_runner_config(config)
   params = init_params(config, model, image_shape, train_x, train_y)
   return ds, params, attack
 

@@ -125,9 +125,9 @@ def _bounds(config, ds, images: list[int], variances: list[float],
   v = np.asarray(variances)
   for i in images:
     t = time.time()
-    onehot = jax.nn.one_hot(ds.y[i:i + 1], attack.num_classes,
+    onehot = jax.nn.one_hot(ds.y[i:i + 1], attack.threat.num_classes,
                             dtype=jnp.float64)
-    gram = gram_fn(attack, params, x_all[i:i + 1], onehot,
+    gram = gram_fn(attack.threat, params, x_all[i:i + 1], onehot,
                    chunk_size=chunk_size)
     eig = jnp.linalg.eigvalsh(gram)
     floor = identifiability.default_floor(eig)

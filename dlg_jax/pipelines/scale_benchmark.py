@@ -132,12 +132,11 @@ def flops(*, steps_to_success: int, peak_flops: float,
   ds = data.load_bundled('cifar100')
   model = models.get_model('lenet', num_classes=100)
   params = models.init_params(model, jax.random.key(0), (32, 32, 3))
-  attack = attack_lib.Attack(apply_fn=models.make_apply_fn(model),
-                             image_shape=(32, 32, 3), num_classes=100,
-                             snapshot_steps=(0,))
+  attack = attack_lib.make(apply_fn=models.make_apply_fn(model),
+                           image_shape=(32, 32, 3), num_classes=100,
+                           snapshot_steps=(0,))
   x, y = jnp.asarray(ds.x[:1]), jnp.asarray(ds.y[:1])
-  grads = attack_lib.shared_update(attack, params, x,
-                                   jax.nn.one_hot(y, 100))
+  grads = attack.threat.shared_update(params, x, jax.nn.one_hot(y, 100))
   target = attack_lib.make_target(attack, grads, y, x, params=params)
   state = attack_lib.init_state(attack, jax.random.key(1))
   step = jax.jit(lambda s: attack_lib.attack_step(attack, params, s, target))

@@ -6,6 +6,12 @@ restart, as pure functions over an `AttackState` pytree (`init_state`,
 it vmaps many jobs, jit-compiles chunks of `lax.scan` steps, and between
 chunks it logs, drops jobs that have converged, and times each target.
 
+An `Attack` is five small sections: the `Threat` (the victim model, its batch
+and its `client.Client`), `Labels`, the `Objective`, the `Optimization` and
+the `Start`; `make` builds one from field names. The model's parameters (or a
+`client.Victim` with its state, such as BatchNorm statistics) are an argument
+of every function, not part of the attack.
+
 A target is what one client shares for a batch of `batch` examples (1 in the
 DLG paper's main experiments): its gradient (FedSGD), or with `local_steps > 1`
 the weight difference after that many local SGD steps (FedAvg), which the
@@ -32,8 +38,9 @@ from jax.typing import ArrayLike
 import numpy as np
 import optax
 
-from dlg_jax.core import client
+from dlg_jax.core import client as client_lib
 from dlg_jax.core import defenses
+from dlg_jax.core import errors
 from dlg_jax.core import objectives
 from dlg_jax.core import optim
 from dlg_jax.core import runner
@@ -43,21 +50,95 @@ LABEL_METHODS = ('auto',) + labels_lib.LABEL_METHODS
 INITS = ('grey', 'uniform', 'randn')
 
 
-@dataclasses.dataclass(frozen=True)
-class Attack:
-  """What the attacker does, for one job. Hashable, so jit treats it as static.
+def _choice(field: str, value: str, choices: Sequence[str]) -> None:
+  if value not in choices:
+    raise errors.FieldError(field, f'must be one of {list(choices)}, got '
+                            f'{value!r}.')
+
+
+def _at_least(field: str, value: float, low: float) -> None:
+  if not value >= low:
+    raise errors.FieldError(field, f'must be >= {low}, got {value!r}.')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Threat:
+  """The victim and what its client shares: who is attacked, and through what.
+
+  The model's parameters (and state, a `client.Victim`) are arrays, so they
+  are an argument of the attack's functions, not a field here; this holds
+  what is static about the victim.
 
   Attributes:
-    apply_fn: `(params, x) -> logits`, the shared model.
+    apply_fn: `(params, x) -> logits`, the shared model (for a model with
+      state, `params` is a `client.Victim`; see
+      `dlg_jax.vision.models.ModelApply`).
     image_shape: `(h, w, c)` of one example.
     num_classes: the classifier's output count.
     batch: examples behind one shared gradient.
+    client: what the client does with its batch: FedSGD (the default) or
+      FedAvg's local steps.
+  """
+  apply_fn: Callable[..., jax.Array]
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  batch: int = 1
+  client: client_lib.Client = client_lib.Client()
+
+  def __post_init__(self):
+    # A tuple, so that the threat hashes (jit takes the attack as static).
+    object.__setattr__(self, 'image_shape', tuple(self.image_shape))
+    if len(self.image_shape) != 3:
+      raise errors.FieldError('image_shape', f'must be (h, w, c), got '
+                              f'{self.image_shape!r}.')
+    _at_least('num_classes', self.num_classes, 1)
+    _at_least('batch', self.batch, 1)
+    try:
+      self.client.check_batch(self.batch)
+    except errors.FieldError as e:
+      raise errors.FieldError(f'client.{e.field}', e.message) from None
+
+  def shared_update(self, params: Any, x: ArrayLike, labels: ArrayLike) -> Any:
+    """What the client shares for `[batch, h, w, c]` inputs and soft labels.
+
+    The gradient (FedSGD) or the FedAvg weight difference. Targets are made
+    with it and the attack matches it on dummy data, so both model the
+    client in the same way.
+    """
+    return self.client.update(self.apply_fn, params, x, labels)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Labels:
+  """How the attacker gets the labels.
+
+  Attributes:
     label_mode: 'analytic' reads the labels off the gradient with
       `label_method`, 'joint' optimises dummy label logits with the image
       (DLG), 'known' gives the attacker the true labels.
     label_method: how 'analytic' reads labels, a name from
       `labels.LABEL_METHODS` or 'auto': 'idlg' (exact) for batch 1, 'count'
       (repeated labels too; see `labels.label_counts`) for larger batches.
+  """
+  label_mode: str = 'analytic'
+  label_method: str = 'auto'
+
+  def __post_init__(self):
+    _choice('label_mode', self.label_mode, LABEL_MODES)
+    _choice('label_method', self.label_method, LABEL_METHODS)
+
+  def method(self, batch: int) -> str:
+    """The label method 'analytic' uses for `batch`, with 'auto' resolved."""
+    if self.label_method == 'auto':
+      return 'idlg' if batch == 1 else 'count'
+    return self.label_method
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Objective:
+  """What the dummy data minimises: a gradient distance plus priors.
+
+  Attributes:
     distance: gradient distance, 'l2' (DLG) or 'cosine' (Geiping et al.).
     tv_weight: weight of the total-variation prior (at step 0 when
       `tv_final_weight` is set).
@@ -66,7 +147,8 @@ class Attack:
       `tv_decay_steps` steps (see `tv_weight_at`). A strong prior early
       keeps a batch's reconstructions from settling as mixtures of its
       images; a weaker one late biases the final point less.
-    tv_decay_steps: length of the annealing; 0 is `num_steps`.
+    tv_decay_steps: length of the annealing; 0 is the optimiser's
+      `num_steps`.
     tv_stages: 0 anneals every step; k >= 2 holds the weight constant over
       k equal stages, the cosine taken at the stage's start, so L-BFGS's
       accept test and curvature memory see a changed objective k - 1 times.
@@ -75,33 +157,7 @@ class Attack:
       arrays come in `Target.prior`, which must be set when this is > 0.
     layer_weights: optional `((path, weight), ...)` weighting named layers
       of the gradient (paths as 'Dense_0' or 'Conv_1/kernel'); others weigh 1.
-    optimizer: a name from `optim.OPTIMIZERS`.
-    learning_rate: Adam's peak learning rate.
-    memory_size: L-BFGS memory.
-    num_steps: most optimiser steps per job.
-    init: dummy start, 'grey' (0.5 plus `init_scale` Gaussian noise),
-      'uniform' on [0, 1] (the DLG release), or 'randn' (standard normal).
-    init_scale: noise scale of the 'grey' start.
-    tol: a job stops once its distance is below `tol * ||target||^2` (l2) or
-      `tol` (cosine).
-    snapshot_steps: iterations at which the reconstruction is recorded.
-    success_psnr: with ground truth given, the PSNR counted as a recovery
-      (for time-to-success measurements). A batch counts as recovered when
-      every original has a reconstruction at `success_psnr` or more and
-      these reconstructions are distinct slots (see `batch_success`).
-    local_steps: the client's local SGD steps K; 1 is FedSGD (the client
-      shares its gradient), K > 1 is FedAvg (it shares the weight
-      difference, `client.fedavg_update`).
-    local_lr: the client's local SGD learning rate (FedAvg only).
-    local_batch_size: examples per local step (FedAvg only); 0 is the whole
-      batch. With 'analytic' labels it must be the whole batch: the labels
-      read off the update do not say which mini-batch each belongs to.
   """
-  apply_fn: Callable[..., jax.Array]
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  batch: int = 1
-  label_mode: str = 'analytic'
   distance: str = 'l2'
   tv_weight: float = 0.0
   tv_final_weight: float | None = None
@@ -109,92 +165,181 @@ class Attack:
   tv_stages: int = 0
   prior_weight: float = 0.0
   layer_weights: tuple[tuple[str, float], ...] = ()
+
+  def __post_init__(self):
+    _choice('distance', self.distance, tuple(objectives.DISTANCES))
+    _at_least('tv_weight', self.tv_weight, 0)
+    if self.tv_final_weight is not None:
+      _at_least('tv_final_weight', self.tv_final_weight, 0)
+    _at_least('tv_decay_steps', self.tv_decay_steps, 0)
+    if self.tv_stages < 0 or self.tv_stages == 1:
+      raise errors.FieldError(
+          'tv_stages', f'must be 0 (every step) or >= 2, got '
+          f'{self.tv_stages}.')
+    _at_least('prior_weight', self.prior_weight, 0)
+
+  @property
+  def uses_tv(self) -> bool:
+    return bool(self.tv_weight or self.tv_final_weight)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Optimization:
+  """How the dummy data is optimised, and when a job stops.
+
+  Attributes:
+    optimizer: a name from `optim.OPTIMIZERS`.
+    learning_rate: Adam's peak learning rate.
+    memory_size: L-BFGS memory.
+    num_steps: most optimiser steps per job.
+    tol: a job stops once its distance is below `tol * ||target||^2` (l2) or
+      `tol` (cosine).
+  """
   optimizer: str = 'lbfgs'
   learning_rate: float = 0.1
   memory_size: int = 100
   num_steps: int = 6000
-  init: str = 'grey'
-  init_scale: float = 0.05
   tol: float = 2e-8
-  snapshot_steps: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000)
-  success_psnr: float = 30.0
-  label_method: str = 'auto'
-  local_steps: int = 1
-  local_lr: float = 0.1
-  local_batch_size: int = 0
 
   def __post_init__(self):
-    if self.batch < 1:
-      raise ValueError(f'batch must be >= 1, got {self.batch}.')
-    if self.label_mode not in LABEL_MODES:
-      raise ValueError(f'Unknown label_mode {self.label_mode!r}; choose one '
-                       f'of {list(LABEL_MODES)}.')
-    if self.label_method not in LABEL_METHODS:
-      raise ValueError(f'Unknown label_method {self.label_method!r}; choose '
-                       f'one of {list(LABEL_METHODS)}.')
-    if self.label_mode == 'analytic' and self.batch != 1 and (
-        self.label_method == 'idlg'):
-      raise ValueError('label_method="idlg" is exact for batch 1 only; got '
-                       f'batch={self.batch}; use "count" for batches.')
-    if self.label_mode == 'analytic' and self.label_method == 'yin' and (
-        self.batch > self.num_classes):
-      raise ValueError(f'label_method="yin" returns distinct labels; batch '
-                       f'({self.batch}) must be <= num_classes '
-                       f'({self.num_classes}).')
-    client.check_fedavg(self.batch, local_steps=self.local_steps,
-                        learning_rate=self.local_lr,
-                        local_batch_size=self.local_batch_size)
-    if self.local_steps == 1 and self.local_batch_size not in (0, self.batch):
-      raise ValueError(
-          'local_batch_size must be 0 or the batch with local_steps=1 '
-          f'(FedSGD: one step on the whole batch), got '
-          f'{self.local_batch_size}.')
-    if self.label_mode == 'analytic' and self.local_batch_size not in (
-        0, self.batch):
-      raise ValueError(
-          'label_mode="analytic" needs local_batch_size 0 (the whole batch): '
-          'labels read off the update do not say which local mini-batch each '
-          'belongs to; use "joint" or "known".')
-    if self.init not in INITS:
-      raise ValueError(f'Unknown init {self.init!r}; choose one of '
-                       f'{list(INITS)}.')
-    objectives.get_distance(self.distance)
-    if self.optimizer not in optim.OPTIMIZERS:
-      raise ValueError(f'Unknown optimizer {self.optimizer!r}; choose one of '
-                       f'{list(optim.OPTIMIZERS)}.')
-    if self.num_steps < 1:
-      raise ValueError(f'num_steps must be >= 1, got {self.num_steps}.')
-    if self.tv_weight < 0:
-      raise ValueError(f'tv_weight must be >= 0, got {self.tv_weight}.')
-    if self.tv_final_weight is not None and self.tv_final_weight < 0:
-      raise ValueError('tv_final_weight must be >= 0 or None (constant), got '
-                       f'{self.tv_final_weight}.')
-    if self.prior_weight < 0:
-      raise ValueError(f'prior_weight must be >= 0, got {self.prior_weight}.')
-    if self.tv_decay_steps < 0:
-      raise ValueError(
-          f'tv_decay_steps must be >= 0, got {self.tv_decay_steps}.')
-    if self.tv_stages < 0 or self.tv_stages == 1:
-      raise ValueError(
-          f'tv_stages must be 0 (every step) or >= 2, got {self.tv_stages}.')
-
-  @property
-  def method(self) -> str:
-    """The label method 'analytic' uses, with 'auto' resolved."""
-    if self.label_method == 'auto':
-      return 'idlg' if self.batch == 1 else 'count'
-    return self.label_method
-
-  @property
-  def fedavg(self) -> bool:
-    """Whether the client shares a multi-step FedAvg update."""
-    return self.local_steps > 1
+    _choice('optimizer', self.optimizer, tuple(optim.OPTIMIZERS))
+    _at_least('num_steps', self.num_steps, 1)
+    _at_least('memory_size', self.memory_size, 1)
 
   @property
   def opt(self) -> optax.GradientTransformationExtraArgs:
     return optim.get_optimizer(
         self.optimizer, learning_rate=self.learning_rate,
         memory_size=self.memory_size, num_steps=self.num_steps)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Start:
+  """Where the dummy data starts.
+
+  Attributes:
+    init: 'grey' (0.5 plus `init_scale` Gaussian noise), 'uniform' on
+      [0, 1] (the DLG release), or 'randn' (standard normal).
+    init_scale: noise scale of the 'grey' start.
+  """
+  init: str = 'grey'
+  init_scale: float = 0.05
+
+  def __post_init__(self):
+    _choice('init', self.init, INITS)
+    _at_least('init_scale', self.init_scale, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Attack:
+  """What the attacker does, for one job. Hashable, so jit treats it as static.
+
+  Each section validates its own fields; the checks across sections are
+  here, once.
+
+  Attributes:
+    threat: the victim and what its client shares.
+    labels: how the attacker gets the labels.
+    objective: the gradient distance and priors.
+    optimization: the optimiser, its steps and its stopping rule.
+    start: the dummy data's starting point.
+    snapshot_steps: iterations at which the reconstruction is recorded.
+    success_psnr: with ground truth given, the PSNR counted as a recovery
+      (for time-to-success measurements). A batch counts as recovered when
+      every original has a reconstruction at `success_psnr` or more and
+      these reconstructions are distinct slots (see `batch_success`).
+  """
+  threat: Threat
+  labels: Labels = Labels()
+  objective: Objective = Objective()
+  optimization: Optimization = Optimization()
+  start: Start = Start()
+  snapshot_steps: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000)
+  success_psnr: float = 30.0
+
+  def __post_init__(self):
+    object.__setattr__(self, 'snapshot_steps', tuple(self.snapshot_steps))
+    threat, labels = self.threat, self.labels
+    if labels.label_mode != 'analytic':
+      return
+    if labels.label_method == 'idlg' and threat.batch != 1:
+      raise errors.FieldError(
+          'labels.label_method', f'"idlg" is exact for batch 1 only; got '
+          f'batch {threat.batch}; use "count" for batches.')
+    if labels.label_method == 'yin' and threat.batch > threat.num_classes:
+      raise errors.FieldError(
+          'labels.label_method', f'"yin" returns distinct labels; batch '
+          f'({threat.batch}) must be <= num_classes ({threat.num_classes}).')
+    if threat.client.local_batch_size not in (0, threat.batch):
+      raise errors.FieldError(
+          'threat.client.local_batch_size',
+          'must be 0 (the whole batch) with label_mode "analytic": labels '
+          'read off the update do not say which local mini-batch each '
+          'belongs to; use "joint" or "known".')
+
+  @property
+  def batch(self) -> int:
+    return self.threat.batch
+
+  @property
+  def num_steps(self) -> int:
+    return self.optimization.num_steps
+
+  @property
+  def joint(self) -> bool:
+    """Whether the labels are optimised with the image (DLG)."""
+    return self.labels.label_mode == 'joint'
+
+
+_SECTIONS = {'labels': Labels, 'objective': Objective,
+             'optimization': Optimization, 'start': Start}
+_THREAT_FIELDS = ('apply_fn', 'image_shape', 'num_classes', 'batch', 'client')
+
+
+def _split_fields(fields: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """Routes field names to their sections; every name is unique across them.
+
+  Raises:
+    TypeError: a field no section has.
+  """
+  routed = {name: {} for name in ('threat', 'attack', *_SECTIONS)}
+  for key, value in fields.items():
+    if key in _THREAT_FIELDS:
+      routed['threat'][key] = value
+    elif key in ('snapshot_steps', 'success_psnr'):
+      routed['attack'][key] = value
+    else:
+      owner = [name for name, cls in _SECTIONS.items()
+               if key in {f.name for f in dataclasses.fields(cls)}]
+      if not owner:
+        raise TypeError(f'No attack section has a field {key!r}.')
+      routed[owner[0]][key] = value
+  return routed
+
+
+def make(**fields) -> Attack:
+  """An `Attack` from field names of the threat and of any section.
+
+  A shorthand for scripts and tests, e.g. `make(apply_fn=f,
+  image_shape=(32, 32, 3), num_classes=100, tv_weight=0.01, num_steps=300)`.
+  `apply_fn`, `image_shape` and `num_classes` are required.
+
+  Raises:
+    TypeError: a field no section has.
+    FieldError: a bad value, named by its section's field.
+  """
+  routed = _split_fields(fields)
+  kwargs = {name: cls(**routed[name]) for name, cls in _SECTIONS.items()}
+  return Attack(threat=Threat(**routed['threat']), **kwargs,
+                **routed['attack'])
+
+
+def replace(attack: Attack, **fields) -> Attack:
+  """`attack` with fields of any section replaced by name (see `make`)."""
+  routed = _split_fields(fields)
+  kwargs = {name: dataclasses.replace(getattr(attack, name), **routed[name])
+            for name in ('threat', *_SECTIONS) if routed[name]}
+  return dataclasses.replace(attack, **kwargs, **routed['attack'])
 
 
 class AttackState(NamedTuple):
@@ -216,7 +361,7 @@ class Target(NamedTuple):
   one (known) or unused (joint). `ground_truth` `[batch, h, w, c]` is only
   used to record when the reconstruction first passes `success_psnr`.
 
-  `prior` is the `objectives.GaussianPrior` that `Attack.prior_weight`
+  `prior` is the `objectives.GaussianPrior` that `Objective.prior_weight`
   weighs (fitted on images other than the attacked ones); None without one.
 
   The last three fields are what an attacker who knows the defense adds
@@ -225,11 +370,11 @@ class Target(NamedTuple):
   * `mask`: a pytree shaped like `grads` (bool or float). Both gradients
     are multiplied by it before the distance, so a coordinate where it is
     0 (e.g. one a pruning defense zeroed) does not enter the objective.
-  * `tolerance`: a scalar distance replacing `Attack.tol`'s. A job whose
+  * `tolerance`: a scalar distance replacing `Optimization.tol`'s. A job whose
     objective falls to it stops for good (the discrepancy principle: below
     the expected noise energy, further steps fit the noise).
-  * `tv_weight`: a scalar replacing `Attack.tv_weight`, constant over the
-    run (any `Attack.tv_final_weight` annealing is not applied).
+  * `tv_weight`: a scalar replacing `Objective.tv_weight`, constant over
+    the run (any `Objective.tv_final_weight` annealing is not applied).
   """
   grads: Any
   labels: jax.Array
@@ -241,9 +386,9 @@ class Target(NamedTuple):
 
 
 def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
-  if not attack.layer_weights:
+  if not attack.objective.layer_weights:
     return None
-  table = dict(attack.layer_weights)
+  table = dict(attack.objective.layer_weights)
   paths = [jax.tree_util.keystr(p, simple=True, separator='/')
            for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
   unknown = [k for k in table if not any(
@@ -264,31 +409,15 @@ def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
 def dummy_labels(attack: Attack, variables: dict[str, jax.Array],
                  target: Target) -> jax.Array:
   """The `[batch, num_classes]` soft labels the dummy gradient is taken at."""
-  if attack.label_mode == 'joint':
+  if attack.joint:
     return jax.nn.softmax(variables['logits'])
   return target.labels
-
-
-def shared_update(attack: Attack, params: Any, x: ArrayLike,
-                  labels: ArrayLike) -> Any:
-  """What the client shares for `[batch, h, w, c]` inputs and soft labels.
-
-  The gradient (FedSGD) for `local_steps == 1`, else the FedAvg weight
-  difference. The launcher makes targets with it and the attack matches
-  it on dummy data, so both model the client in the same way.
-  """
-  if not attack.fedavg:
-    return client.gradient(attack.apply_fn, params, x, labels)
-  return client.fedavg_update(
-      attack.apply_fn, params, x, labels, local_steps=attack.local_steps,
-      learning_rate=attack.local_lr,
-      local_batch_size=attack.local_batch_size)
 
 
 def tv_weight_at(attack: Attack, step: ArrayLike) -> jax.Array:
   """The TV prior's weight at optimiser step `step` (traceable).
 
-  `attack.tv_weight` throughout when `attack.tv_final_weight` is None.
+  `tv_weight` throughout when the objective's `tv_final_weight` is None.
   Otherwise a cosine from `tv_weight` at step 0 to `tv_final_weight` at
   `tv_decay_steps` (or `num_steps`) and after; with `tv_stages = k` the
   weight is held over k equal stages, stage i taking the cosine at
@@ -302,17 +431,18 @@ def tv_weight_at(attack: Attack, step: ArrayLike) -> jax.Array:
   Returns:
     A float32 scalar.
   """
-  start = jnp.float32(attack.tv_weight)
-  if attack.tv_final_weight is None:
+  obj = attack.objective
+  start = jnp.float32(obj.tv_weight)
+  if obj.tv_final_weight is None:
     return start
-  horizon = attack.tv_decay_steps or attack.num_steps
+  horizon = obj.tv_decay_steps or attack.num_steps
   fraction = jnp.clip(jnp.asarray(step, jnp.float32) / horizon, 0.0, 1.0)
-  if attack.tv_stages:
-    stage = jnp.minimum(jnp.floor(fraction * attack.tv_stages),
-                        attack.tv_stages - 1)
-    fraction = stage / (attack.tv_stages - 1)
+  if obj.tv_stages:
+    stage = jnp.minimum(jnp.floor(fraction * obj.tv_stages),
+                        obj.tv_stages - 1)
+    fraction = stage / (obj.tv_stages - 1)
   cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
-  return attack.tv_final_weight + (start - attack.tv_final_weight) * cosine
+  return obj.tv_final_weight + (start - obj.tv_final_weight) * cosine
 
 
 def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
@@ -320,30 +450,30 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
   """Distance between the dummy data's update and the target, plus priors.
 
   `step` sets the TV weight when it is annealed (`tv_weight_at`); the
-  default, 0, gives `attack.tv_weight`.
+  default, 0, gives the objective's `tv_weight`.
   """
-  grads = shared_update(attack, params, variables['x'],
-                        dummy_labels(attack, variables, target))
+  obj = attack.objective
+  grads = attack.threat.shared_update(
+      params, variables['x'], dummy_labels(attack, variables, target))
   goal = target.grads
   if target.mask is not None:
     apply = lambda g, m: g * jnp.asarray(m, g.dtype)
     grads = jax.tree.map(apply, grads, target.mask)
     goal = jax.tree.map(apply, goal, target.mask)
-  distance = objectives.get_distance(attack.distance)
+  distance = objectives.get_distance(obj.distance)
   value = distance(grads, goal, _layer_weight_tree(attack, grads))
   if target.tv_weight is not None:
     tv_weight = target.tv_weight
   else:
     tv_weight = tv_weight_at(attack, step)
-  if (target.tv_weight is not None or attack.tv_weight
-      or attack.tv_final_weight):
+  if target.tv_weight is not None or obj.uses_tv:
     value += tv_weight * jnp.mean(
         jax.vmap(objectives.total_variation)(variables['x']))
-  if attack.prior_weight:
+  if obj.prior_weight:
     if target.prior is None:
-      raise ValueError('Attack.prior_weight > 0 needs a Target.prior; pass '
-                       'prior= to make_target or reconstruct.')
-    value += attack.prior_weight * jnp.mean(jax.vmap(
+      raise ValueError('Objective.prior_weight > 0 needs a Target.prior; '
+                       'pass prior= to make_target or reconstruct.')
+    value += obj.prior_weight * jnp.mean(jax.vmap(
         lambda x: objectives.gaussian_prior_penalty(target.prior, x))(
             variables['x']))
   return value
@@ -352,10 +482,11 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
 def _tolerance(attack: Attack, target: Target) -> jax.Array:
   if target.tolerance is not None:
     return jnp.asarray(target.tolerance, jnp.float32)
-  if attack.distance == 'l2':
+  tol = attack.optimization.tol
+  if attack.objective.distance == 'l2':
     norm = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(target.grads))
-    return attack.tol * norm
-  return jnp.asarray(attack.tol, jnp.float32)
+    return tol * norm
+  return jnp.asarray(tol, jnp.float32)
 
 
 def _psnr(x: jax.Array, ref: jax.Array) -> jax.Array:
@@ -394,22 +525,23 @@ def batch_success(x: jax.Array, ref: jax.Array, threshold: float) -> jax.Array:
 
 def init_state(attack: Attack, key: ArrayLike) -> AttackState:
   """A job's starting point: dummy data (and label logits) from `key`."""
-  shape = (attack.batch, *attack.image_shape)
+  threat, start = attack.threat, attack.start
+  shape = (threat.batch, *threat.image_shape)
   key_x, key_y = jax.random.split(key)
-  if attack.init == 'grey':
-    x = 0.5 + attack.init_scale * jax.random.normal(key_x, shape)
-  elif attack.init == 'uniform':
+  if start.init == 'grey':
+    x = 0.5 + start.init_scale * jax.random.normal(key_x, shape)
+  elif start.init == 'uniform':
     x = jax.random.uniform(key_x, shape)
   else:
     x = jax.random.normal(key_x, shape)
   variables = {'x': x}
-  if attack.label_mode == 'joint':
+  if attack.joint:
     variables['logits'] = jax.random.normal(
-        key_y, (attack.batch, attack.num_classes))
+        key_y, (threat.batch, threat.num_classes))
   num_snapshots = len(attack.snapshot_steps)
   return AttackState(
       variables=variables,
-      opt_state=attack.opt.init(variables),
+      opt_state=attack.optimization.opt.init(variables),
       best=variables,
       best_value=jnp.asarray(jnp.inf, jnp.float32),
       step=jnp.zeros((), jnp.int32),
@@ -444,7 +576,7 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
   success = batch_success(best['x'], target.ground_truth, attack.success_psnr)
   success_step = jnp.where((state.success_step < 0) & success, state.step,
                            state.success_step)
-  updates, opt_state = attack.opt.update(
+  updates, opt_state = attack.optimization.opt.update(
       grad, state.opt_state, state.variables, value=value, grad=grad,
       value_fn=fn)
   variables = optax.apply_updates(state.variables, updates)
@@ -490,28 +622,30 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
     ground_truth: optional `[batch, h, w, c]`, for success-step bookkeeping.
     params: the shared model's parameters; the 'count' label method needs
       them.
-    prior: the image prior that `attack.prior_weight` weighs, if any.
+    prior: the image prior the objective's `prior_weight` weighs, if any.
 
   Returns:
     A `Target`. Analytic labels come sorted by class, not in batch order.
   """
-  if attack.label_mode == 'analytic':
+  threat, fl_client = attack.threat, attack.threat.client
+  if attack.labels.label_mode == 'analytic':
     mean_grads = grads
-    if attack.fedavg:
+    if fl_client.fedavg:
       # A FedAvg update is lr times a sum of K gradients; read as a mean
       # gradient, the count method is approximate, while iDLG's sign
       # argument holds for any K on one image.
-      scale = 1.0 / (attack.local_lr * attack.local_steps)
+      scale = 1.0 / (fl_client.learning_rate * fl_client.local_steps)
       mean_grads = jax.tree.map(lambda g: g * scale, grads)
-    label = labels_lib.batch_labels(mean_grads, attack.num_classes,
-                                    attack.batch, method=attack.method,
-                                    params=params)
-    onehot = jax.nn.one_hot(label, attack.num_classes)
+    label = labels_lib.batch_labels(
+        mean_grads, threat.num_classes, threat.batch,
+        method=attack.labels.method(threat.batch),
+        params=None if params is None else client_lib.trainable(params))
+    onehot = jax.nn.one_hot(label, threat.num_classes)
   else:
-    onehot = jax.nn.one_hot(jnp.asarray(true_labels), attack.num_classes)
+    onehot = jax.nn.one_hot(jnp.asarray(true_labels), threat.num_classes)
   if ground_truth is None:
     # A NaN reference never counts as a success.
-    ground_truth = jnp.full((attack.batch, *attack.image_shape), jnp.nan)
+    ground_truth = jnp.full((threat.batch, *threat.image_shape), jnp.nan)
   return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32),
                 prior=prior)
 
@@ -537,7 +671,7 @@ def aware_target(attack: Attack, defense: str, strength: ArrayLike,
     only that its magnitude was small, and matching the dummy's gradient to
     0 there pulls it away from the original.
   * `AWARE_NOISE_PRIOR` (noise of variance `strength`): a TV prior of
-    weight `tv_per_variance * strength` replaces `attack.tv_weight`. This
+    weight `tv_per_variance * strength` replaces the objective's TV. This
     is MAP estimation: with noise of variance s^2 the log-likelihood is the
     l2 distance over 2 s^2, so a fixed prior's weight relative to the
     distance grows in proportion to the variance (and vanishes without
@@ -568,9 +702,10 @@ def aware_target(attack: Attack, defense: str, strength: ArrayLike,
   if aware == defenses.AWARE_MASK:
     return target._replace(mask=defenses.surviving_mask(defended_grads))
   if aware == defenses.AWARE_NOISE_PRIOR:
-    if attack.distance != 'l2':
+    if attack.objective.distance != 'l2':
       raise ValueError(f'aware_target weighs the prior against the l2 '
-                       f'distance; got distance {attack.distance!r}.')
+                       f'distance; got distance '
+                       f'{attack.objective.distance!r}.')
     weight = tv_per_variance * jnp.asarray(strength, jnp.float32)
     return target._replace(tv_weight=weight)
   return target
@@ -660,8 +795,8 @@ def reconstruct(
       `runner.chunk_lengths`).
     max_parallel: most jobs run at once (memory bound); None runs all.
     log_every_seconds: progress logging interval.
-    prior: the image prior `attack.prior_weight` weighs, shared by every
-      target.
+    prior: the image prior the objective's `prior_weight` weighs, shared by
+      every target.
 
   Returns:
     A `Result`.
@@ -670,7 +805,7 @@ def reconstruct(
   true_labels = jnp.asarray(true_labels).reshape(n, attack.batch)
   if ground_truth is not None:
     ground_truth = jnp.asarray(ground_truth, jnp.float32).reshape(
-        n, attack.batch, *attack.image_shape)
+        n, attack.batch, *attack.threat.image_shape)
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}.')
   # The prior is closed over, so vmap copies it to every target.
@@ -761,7 +896,7 @@ def _reduce_restarts(attack: Attack, final: Sequence[AttackState],
   pick = lambda a: a[np.arange(n), winner]
   best = jax.tree.map(pick, states.best)
   steps = pick(states.step)
-  if attack.label_mode == 'joint':
+  if attack.joint:
     labels = np.argmax(best['logits'], axis=-1)
   else:
     labels = np.asarray(target_labels)

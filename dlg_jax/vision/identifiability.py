@@ -1,8 +1,8 @@
 r"""How well a noisy shared gradient determines the image, to first order.
 
 The attacker sees `g = G(x) + n`. Here `G` is the client's shared update
-(`attack.shared_update`) as a function of the private input `x` (`d` pixels),
-with the model and label fixed. `n` is zero-mean noise of covariance
+(`attack.Threat.shared_update`) as a function of the private input `x` (`d`
+pixels), with the model and label fixed. `n` is zero-mean noise of covariance
 `variance * I`, as `defenses.gaussian_noise` adds. Near the true image, `G` is
 linear: `G(x + e) ~ G(x) + J e`, with `J = dG/dx` of shape `[n, d]`. In that
 linear model, two estimators have an expected error that is known in closed
@@ -38,7 +38,7 @@ PSNRs here are of the expected MSE (`mse_to_psnr`), for pixels in [0, 1].
 Example:
 
   >>> from dlg_jax.vision import identifiability as ident
-  >>> gram = ident.gradient_jacobian_gram(attack, params, x, onehot)
+  >>> gram = ident.gradient_jacobian_gram(attack.threat, params, x, onehot)
   >>> eig = jnp.linalg.eigvalsh(gram)
   >>> ident.mse_to_psnr(ident.least_squares_mse(eig, 1e-4))  # dB
   >>> ident.mse_to_psnr(ident.bayes_mse(
@@ -78,7 +78,7 @@ def _check_square(name: str, a: jax.Array) -> None:
                      f'{a.shape}.')
 
 
-def gradient_jacobian_gram(attack: attack_lib.Attack, params: Any,
+def gradient_jacobian_gram(threat: attack_lib.Threat, params: Any,
                            x: ArrayLike, labels: ArrayLike, *,
                            chunk_size: int = 128) -> jax.Array:
   """`J^T J`, with `J` the Jacobian of the shared update in the input at `x`.
@@ -92,9 +92,9 @@ def gradient_jacobian_gram(attack: attack_lib.Attack, params: Any,
   within 0.3%, down to the smallest (5.6e-6 against a largest of 224).
 
   Args:
-    attack: the attack. Its `shared_update` (gradient, or FedAvg update) is
-      the function differentiated.
-    params: the shared model's parameters.
+    threat: the victim and its client; its `shared_update` (gradient, or
+      FedAvg update) is the function differentiated.
+    params: the shared model's parameters (or a `client.Victim`).
     x: `[batch, h, w, c]`, the inputs at which to linearise (the private
       images).
     labels: `[batch, num_classes]`, soft labels. The true one-hot labels for
@@ -114,8 +114,7 @@ def gradient_jacobian_gram(attack: attack_lib.Attack, params: Any,
   labels = jnp.asarray(labels, x.dtype)
 
   def update(flat):
-    g = attack_lib.shared_update(attack, params, flat.reshape(x.shape),
-                                 labels)
+    g = threat.shared_update(params, flat.reshape(x.shape), labels)
     return flatten_util.ravel_pytree(g)[0]
 
   flat = x.ravel()

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dlg_jax.core import client
+
 
 def find_last_layer(grads: Any, num_classes: int) -> tuple[str, ...]:
   """The path of the classifier layer: the last Dense kernel `[d, num_classes]`.
@@ -166,7 +168,8 @@ def estimate_counts(grads: Any, num_classes: int, batch: int,
     grads: the shared gradient of a batch (the mean over examples).
     num_classes: the number of classes.
     batch: the number of examples behind the gradient.
-    params: the shared model's parameters; needed for `W` and `b`.
+    params: the shared model's parameters (or a `client.Victim`); needed
+      for `W` and `b`.
 
   Returns:
     `[num_classes]` float counts summing to `batch`.
@@ -190,7 +193,7 @@ def estimate_counts(grads: Any, num_classes: int, batch: int,
                      "gradient; this classifier has no bias.")
   if params is None:
     raise ValueError("The 'count' label method needs the model's params.")
-  weights = params
+  weights = client.trainable(params)
   for key in path:
     weights = weights[key]
   g, kernel = layer['bias'], layer['kernel']

@@ -9,10 +9,13 @@ take a selectable activation so that one can see where gradient leakage weakens
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dlg_jax.core import client
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'sigmoid': nn.sigmoid,
@@ -204,17 +207,34 @@ def get_model(name: str, *, num_classes: int, activation: str | None = None,
 
 
 def init_params(model: nn.Module, key: jax.Array,
-                image_shape: Sequence[int]):
-  """Initialises `model` for images of `image_shape` `[h, w, c]`."""
+                image_shape: Sequence[int]) -> Any:
+  """Initialises `model` for images of `image_shape` `[h, w, c]`.
+
+  Returns:
+    The parameters of a model whose only collection is 'params'; for a
+    model with state (e.g. BatchNorm's 'batch_stats'), a `client.Victim`
+    holding its parameters and the other collections. Either one is what
+    the client functions and `ModelApply` take.
+  """
   if len(image_shape) != 3:
     raise ValueError(
         f'image_shape must be [h, w, c], got {tuple(image_shape)}.')
-  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))['params']
+  variables = dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32)))
+  params = variables.pop('params')
+  if not variables:
+    return params
+  return client.Victim(params=params, state=variables)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelApply:
   """`(params, x) -> logits`: `model` as a pure function of its params.
+
+  `params` may be a `client.Victim`: its state collections go to
+  `model.apply` too, as mutable, so a BatchNorm layer in training mode
+  normalises by the batch's statistics (what the client's gradient used);
+  the updated statistics are dropped, since the gradient does not depend
+  on them.
 
   Equal (and equally hashed) for equal modules, unlike a closure: an attack
   built on it is a static argument that two calls with the same model share,
@@ -223,6 +243,10 @@ class ModelApply:
   model: nn.Module
 
   def __call__(self, params, x: jax.Array) -> jax.Array:
+    if isinstance(params, client.Victim):
+      variables = {'params': params.params, **params.state}
+      logits, _ = self.model.apply(variables, x, mutable=list(params.state))
+      return logits
     return self.model.apply({'params': params}, x)
 
 

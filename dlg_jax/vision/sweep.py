@@ -272,14 +272,34 @@ def _sha(*arrays: Any) -> str:
   return h.hexdigest()
 
 
+def _attack_fields(attack: attack_lib.Attack) -> dict[str, Any]:
+  """The attack's settings as one flat dict, its `apply_fn` left out.
+
+  The names are the sections' fields (unique across them) and the threat's,
+  with the client's learning rate as `local_lr`: the same dict, and so the
+  same fingerprint, as before `Attack` had sections, so older workdirs
+  resume.
+  """
+  threat, fl_client = attack.threat, attack.threat.client
+  fields = {'image_shape': threat.image_shape,
+            'num_classes': threat.num_classes, 'batch': threat.batch,
+            'local_steps': fl_client.local_steps,
+            'local_lr': fl_client.learning_rate,
+            'local_batch_size': fl_client.local_batch_size,
+            'snapshot_steps': attack.snapshot_steps,
+            'success_psnr': attack.success_psnr}
+  for section in (attack.labels, attack.objective, attack.optimization,
+                  attack.start):
+    fields.update(dataclasses.asdict(section))
+  return fields
+
+
 def _fingerprinted(attack: attack_lib.Attack, params: Any, x: ArrayLike,
                   y: ArrayLike, spec: SweepSpec,
                   extra: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
   """`fingerprint` and the JSON it hashes, read back as a dict."""
-  fields = {f.name: getattr(attack, f.name)
-            for f in dataclasses.fields(attack) if f.name != 'apply_fn'}
   canonical = {
-      'attack': fields,
+      'attack': _attack_fields(attack),
       'spec': dataclasses.asdict(spec),
       'params': _sha(*jax.tree.leaves(jax.device_get(params))),
       'targets': _sha(x, y),
@@ -294,7 +314,7 @@ def fingerprint(attack: attack_lib.Attack, params: Any, x: ArrayLike,
                 extra: dict[str, Any] | None = None) -> str:
   """sha256 of the canonical JSON of everything that decides the results.
 
-  The attack's fields (its `apply_fn` by name only), the spec, and hashes
+  The attack's fields (not its `apply_fn`), the spec, and hashes
   of the parameters and the targets; `extra` (e.g. the launcher's config)
   covers what those cannot name, such as the model. Chunking and devices
   are not part of it: they do not change the results.
@@ -355,8 +375,8 @@ def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
   def job(strength, strength_index, target, restart, image, label, params):
     x = image[None]  # [1, h, w, c]
     y = label[None]
-    grads = attack_lib.shared_update(
-        attack, params, x, jax.nn.one_hot(y, attack.num_classes))
+    grads = attack.threat.shared_update(
+        params, x, jax.nn.one_hot(y, attack.threat.num_classes))
     base = jax.random.fold_in(jax.random.fold_in(
         jax.random.key(seed), defense_index), strength_index)
     base = jax.random.fold_in(base, target)
@@ -373,7 +393,7 @@ def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
     state = attack_lib.run_steps(attack, params, start, goal,
                                  attack.num_steps)
     best = state.best['x']
-    if attack.label_mode == 'joint':
+    if attack.joint:
       label = jnp.argmax(state.best['logits'][0])
     else:
       label = jnp.argmax(goal.labels[0])
@@ -769,22 +789,8 @@ def run_sweep(
       held by another sweep; checked before anything is written or compiled.
     ValueError: batch other than 1, bad shapes or chunking.
   """
-  if attack.batch != 1:
-    raise ValueError(f'The sweep attacks one image per gradient; got attack '
-                     f'batch {attack.batch}.')
-  xs = np.asarray(x, np.float32)
-  ys = np.asarray(y, np.int32)
+  xs, ys = _check_inputs(attack, x, y, jobs_per_device, max_jobs_per_device)
   n = xs.shape[0]
-  if xs.shape[1:] != tuple(attack.image_shape):
-    raise ValueError(f'x must be [n, {", ".join(map(str, attack.image_shape))}'
-                     f'] images for this attack, got shape {xs.shape}.')
-  if ys.shape != (n,):
-    raise ValueError(f'y must be [{n}] labels, got shape {ys.shape}.')
-  if jobs_per_device is not None and jobs_per_device < 1:
-    raise ValueError(f'jobs_per_device must be >= 1, got {jobs_per_device}.')
-  if max_jobs_per_device < 1:
-    raise ValueError(
-        f'max_jobs_per_device must be >= 1, got {max_jobs_per_device}.')
   mesh = parallel.make_mesh() if mesh is None else mesh
   devices = mesh.size
   keep = spec.targets(n) if keep_images is None else keep_images
@@ -805,54 +811,23 @@ def run_sweep(
       _log_resume(workdir, store, int(offsets[-1]))
     stack.callback(store.close)
     resumed_jobs = store.done
-    replicated_params = parallel.put_replicated(mesh, params)
-
-    def inputs_for(chunk: Chunk, size: int):
-      """The chunk's inputs, padded to `size` jobs with its first job."""
-      jobs = job_indices(spec, n, chunk.start, chunk.stop)
-      pad = np.zeros(size - (chunk.stop - chunk.start), np.int64)
-      take = lambda a: np.concatenate([a, a[pad]])
-      host = (take(jobs['strength']), take(jobs['strength_index']),
-              take(jobs['target']), take(jobs['restart']),
-              xs[take(jobs['image'])], ys[take(jobs['image'])])
-      return jobs, parallel.put_jobs(mesh, host) + (replicated_params,)
-
-    def executable(d: int, inputs):
-      """The defense's compiled chunk, from `runner.CACHE` when it has it."""
-      name = spec.defenses[d][0]
-      jobs, one = parallel.job_sharding(mesh), parallel.replicated(mesh)
-      fn = jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
-                   in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
-      return runner.CACHE.compiled(
-          ('sweep', attack, name, d, spec.seed, spec.defense_aware), fn,
-          *inputs)
-
+    jobs_fn = _Chunks(attack, spec, mesh, xs, ys, params)
     counter = runner.CompileCounter()
+    if jobs_per_device is None:
+      jobs_per_device = _probe_jobs_per_device(
+          jobs_fn, offsets, store.done, max_jobs_per_device)
     # Jobs each device still needs per defense: chunks bigger than that
-    # would be padding.
-    need = [parallel.padded_size(
-        max(0, int(offsets[d + 1] - max(offsets[d], store.done))), devices)
-            // devices for d in range(len(spec.defenses))]
-    if store.done < offsets[-1] and jobs_per_device is None:
-      # The next job to run probes the memory one job needs.
-      d = int(np.searchsorted(offsets, store.done, side='right')) - 1
-      first = Chunk(d, store.done, store.done + 1)
-      per_job = _bytes_per_job(executable(first.defense,
-                                          inputs_for(first, devices)[1]))
-      jobs_per_device = parallel.choose_jobs_per_device(
-          mesh, per_job, max_jobs=max_jobs_per_device)
-      logging.info('at most %d jobs per device (%s bytes per job)',
-                   jobs_per_device, per_job)
-    elif jobs_per_device is None:
-      jobs_per_device = 1
-    # Each defense compiles its own executable, so each gets its own chunk
-    # size: a defense of 4 jobs is not padded to another's 24.
-    per_device = [_even(k, jobs_per_device) for k in need]
+    # would be padding. Each defense compiles its own executable, so each
+    # gets its own chunk size: a defense of 4 jobs is not padded to another's
+    # 24.
+    per_device = [_even(parallel.padded_size(max(0, int(
+        offsets[d + 1] - max(offsets[d], store.done))), devices) // devices,
+                        jobs_per_device) for d in range(len(spec.defenses))]
     todo = chunks(spec, n, [k * devices for k in per_device], store.done)
     total = store.resumed_chunks + len(todo)
     for i, chunk in enumerate(todo):
-      jobs, inputs = inputs_for(chunk, per_device[chunk.defense] * devices)
-      fn = executable(chunk.defense, inputs)
+      jobs, inputs = jobs_fn.inputs(chunk, per_device[chunk.defense] * devices)
+      fn = jobs_fn.executable(chunk.defense, inputs)
       start = time.perf_counter()
       out = parallel.fetch(fn(*inputs))
       seconds = time.perf_counter() - start
@@ -866,6 +841,80 @@ def run_sweep(
         on_chunk(store.resumed_chunks + i + 1, total, chunk, seconds)
     return _reduce(spec, n, store, keep, counter.seconds, devices,
                    max(per_device), counter.compiles, resumed_jobs)
+
+
+def _check_inputs(attack: attack_lib.Attack, x: ArrayLike, y: ArrayLike,
+                  jobs_per_device: int | None, max_jobs_per_device: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """`run_sweep`'s images and labels as arrays, its arguments checked."""
+  if attack.batch != 1:
+    raise ValueError(f'The sweep attacks one image per gradient; got attack '
+                     f'batch {attack.batch}.')
+  xs = np.asarray(x, np.float32)
+  ys = np.asarray(y, np.int32)
+  n = xs.shape[0]
+  image_shape = attack.threat.image_shape
+  if xs.shape[1:] != tuple(image_shape):
+    raise ValueError(f'x must be [n, {", ".join(map(str, image_shape))}'
+                     f'] images for this attack, got shape {xs.shape}.')
+  if ys.shape != (n,):
+    raise ValueError(f'y must be [{n}] labels, got shape {ys.shape}.')
+  if jobs_per_device is not None and jobs_per_device < 1:
+    raise ValueError(f'jobs_per_device must be >= 1, got {jobs_per_device}.')
+  if max_jobs_per_device < 1:
+    raise ValueError(
+        f'max_jobs_per_device must be >= 1, got {max_jobs_per_device}.')
+  return xs, ys
+
+
+class _Chunks:
+  """A sweep's chunks as device inputs and compiled functions."""
+
+  def __init__(self, attack: attack_lib.Attack, spec: SweepSpec,
+               mesh: jax.sharding.Mesh, xs: np.ndarray, ys: np.ndarray,
+               params: Any):
+    self.attack, self.spec, self.mesh = attack, spec, mesh
+    self.xs, self.ys = xs, ys
+    self.params = parallel.put_replicated(mesh, params)
+
+  def inputs(self, chunk: Chunk, size: int):
+    """The chunk's job indices, and inputs padded with its first job."""
+    jobs = job_indices(self.spec, self.xs.shape[0], chunk.start, chunk.stop)
+    pad = np.zeros(size - (chunk.stop - chunk.start), np.int64)
+    take = lambda a: np.concatenate([a, a[pad]])
+    host = (take(jobs['strength']), take(jobs['strength_index']),
+            take(jobs['target']), take(jobs['restart']),
+            self.xs[take(jobs['image'])], self.ys[take(jobs['image'])])
+    return jobs, parallel.put_jobs(self.mesh, host) + (self.params,)
+
+  def executable(self, d: int, inputs):
+    """The defense's compiled chunk, from `runner.CACHE` when it has it."""
+    spec, attack = self.spec, self.attack
+    name = spec.defenses[d][0]
+    jobs = parallel.job_sharding(self.mesh)
+    one = parallel.replicated(self.mesh)
+    fn = jax.jit(_job_fn(attack, name, d, spec.seed, spec.defense_aware),
+                 in_shardings=(jobs,) * 6 + (one,), out_shardings=jobs)
+    return runner.CACHE.compiled(
+        ('sweep', attack, name, d, spec.seed, spec.defense_aware), fn,
+        *inputs)
+
+
+def _probe_jobs_per_device(jobs_fn: _Chunks, offsets: np.ndarray, done: int,
+                           max_jobs: int) -> int:
+  """Jobs per device that fit in memory, probed on the next job to run."""
+  if done >= offsets[-1]:
+    return 1
+  d = int(np.searchsorted(offsets, done, side='right')) - 1
+  first = Chunk(d, done, done + 1)
+  devices = jobs_fn.mesh.size
+  per_job = _bytes_per_job(jobs_fn.executable(
+      first.defense, jobs_fn.inputs(first, devices)[1]))
+  jobs_per_device = parallel.choose_jobs_per_device(
+      jobs_fn.mesh, per_job, max_jobs=max_jobs)
+  logging.info('at most %d jobs per device (%s bytes per job)',
+               jobs_per_device, per_job)
+  return jobs_per_device
 
 
 def _log_resume(workdir: str, store: _MemoryStore, num_jobs: int) -> None:
