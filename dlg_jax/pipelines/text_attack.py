@@ -18,6 +18,7 @@ import numpy as np
 
 from dlg_jax.core import errors
 from dlg_jax.core import figures
+from dlg_jax.core import runner
 from dlg_jax.text import bert
 from dlg_jax.text import data
 from dlg_jax.text import log
@@ -183,6 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.model.size, bert.num_params(params),
                config.model.weights or 'random', len(sentences))
   records = []
+  counter = runner.CompileCounter()
   with open(os.path.join(workdir, 'text_log.txt'), 'w',
             encoding='utf-8') as log_file:
     def emit(line):
@@ -198,6 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    i, record['token_accuracy'], record['rougeL'],
                    record['seconds'])
   summary = summarize(config, records)
+  summary['compiles'] = counter.compiles
+  summary['compile_seconds'] = counter.seconds
   results = {'records': records, 'summary': summary}
   figures.save_json(os.path.join(workdir, 'results.json'), results)
   logging.info('summary: %s', summary)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from dlg_jax.core import objectives
+from dlg_jax.core import runner
 from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import leakage
@@ -128,8 +129,6 @@ def _objective(config, distance, problem, token_logits, label_logits):
   return objectives.get_distance(distance)(dummy_grads, problem.target)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    'config', 'distance', 'learning_rate', 'log_every'), donate_argnums=0)
 def _run_chunk(state: AttackState, problem: _Problem, *,
                config: bert.BertConfig, distance: str, learning_rate: float,
                log_every: int) -> AttackState:
@@ -149,7 +148,6 @@ def _run_chunk(state: AttackState, problem: _Problem, *,
   return jax.lax.scan(step, state, length=log_every)[0]
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'distance'))
 def _snapshot(state: AttackState, problem: _Problem, mask_id: jax.Array, *,
               config: bert.BertConfig, distance: str):
   """The decoded sentence and input, and the gradient distance, now."""
@@ -279,14 +277,22 @@ def attack(config: bert.BertConfig, params: Params, target: Params,
   static = dict(config=config, distance=distance)
   mask = jnp.asarray(mask_id, jnp.int32)
   n = leak.length
+  # Programs come from the runner core's cache: sentences of the same padded
+  # shapes, and later calls, reuse them.
+  chunk_fn = jax.jit(functools.partial(
+      _run_chunk, learning_rate=learning_rate, log_every=log_every, **static),
+                     donate_argnums=0)
+  snapshot_fn = jax.jit(functools.partial(_snapshot, **static))
+  chunk_key = ('text_chunk', config, distance, learning_rate, log_every)
+  snapshot_key = ('text_snapshot', config, distance)
 
   steps, history, inputs_history, losses = [], [], [], []
   for chunk in range(num_steps // log_every + 1):
     if chunk:
-      state = _run_chunk(state, problem, learning_rate=learning_rate,
-                         log_every=log_every, **static)
-    ids, inputs, value = jax.device_get(_snapshot(state, problem, mask,
-                                                  **static))
+      state = runner.CACHE.compiled(chunk_key, chunk_fn, state, problem)(
+          state, problem)
+    ids, inputs, value = jax.device_get(runner.CACHE.compiled(
+        snapshot_key, snapshot_fn, state, problem, mask)(state, problem, mask))
     steps.append(chunk * log_every)
     history.append(ids[:n])
     inputs_history.append(inputs[:n])
