@@ -29,7 +29,7 @@ class _Interrupt(Exception):
 
 
 def _tiny():
-  """A LeNet on 12x12 images, Adam for a few steps, 2 random targets."""
+  """A small MLP on 12x12 images, Adam for a few steps, 2 random targets."""
   return parallel_worker.tiny_attack(2)
 
 
