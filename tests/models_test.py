@@ -2,10 +2,14 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlg_jax.core import client
+from dlg_jax.vision import data
+from dlg_jax.vision import labels
 from dlg_jax.vision import models
 
 
@@ -182,6 +186,59 @@ class ModelsTest(parameterized.TestCase):
     other = _init(model, self._x.shape[1:], seed=1)
     self.assertFalse(np.allclose(apply_fn(params, self._x),
                                  apply_fn(other, self._x)))
+
+
+class _NnxNet(nnx.Module):
+  """A user's NNX model: conv, BatchNorm (training mode), linear head."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+    self.norm = nnx.BatchNorm(4, rngs=rngs)
+    self.head = nnx.Linear(4 * 8 * 8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.sigmoid(self.norm(nnx.sigmoid(self.conv(x))))
+    return self.head(x.reshape(x.shape[0], -1))
+
+
+class NnxTest(absltest.TestCase):
+  """An NNX module is a victim through `from_nnx`."""
+
+  def setUp(self):
+    super().setUp()
+    ds = data.load_bundled('cifar100')
+    self.x = jnp.asarray(ds.x[:1, ::4, ::4])  # [1, 8, 8, 3], a real image
+    self.onehot = jax.nn.one_hot(jnp.array([6]), 10)
+    self.module = _NnxNet(nnx.Rngs(0))
+    self.apply_fn, self.victim = models.from_nnx(self.module)
+
+  def test_params_are_plain_dicts_and_the_statistics_are_state(self):
+    self.assertIsInstance(self.victim, client.Victim)
+    self.assertIsInstance(self.victim.params, dict)
+    self.assertEqual(set(self.victim.state), {'norm'})
+    self.assertEqual(set(self.victim.state['norm']), {'mean', 'var'})
+    # Equal graphs give equal apply functions (a shared compiled attack).
+    self.assertEqual(self.apply_fn, models.from_nnx(_NnxNet(nnx.Rngs(1)))[0])
+
+  def test_gradient_equals_nnx_grad_and_reads_the_label(self):
+    want = nnx.grad(lambda m: client.soft_cross_entropy(
+        m(self.x), self.onehot))(self.module)
+    got = client.gradient(self.apply_fn, self.victim, self.x, self.onehot)
+    self.assertEqual(jax.tree.structure(got),
+                     jax.tree.structure(want.to_pure_dict()))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-7),
+                 got, want.to_pure_dict())
+    self.assertEqual(int(labels.idlg_label(got, 10)), 6)
+
+  def test_label_read_out_of_an_nnx_state_says_what_to_use(self):
+    _, state = nnx.split(self.module, nnx.Param, ...)[:2]
+    with self.assertRaisesRegex(ValueError, 'from_nnx'):
+      labels.idlg_label(state, 10)
+
+  def test_not_an_nnx_module_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'nnx.Module'):
+      models.from_nnx(models.get_model('lenet', num_classes=10))
 
 
 if __name__ == '__main__':

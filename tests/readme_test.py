@@ -1,4 +1,4 @@
-"""The README's library example runs as printed (with fewer attack steps)."""
+"""The README's library examples run as printed (with fewer attack steps)."""
 
 import contextlib
 import io
@@ -13,16 +13,17 @@ from dlg_jax.vision import attack
 _README = os.path.join(os.path.dirname(__file__), os.pardir, 'README.md')
 
 
-def _library_example() -> str:
+def _library_examples() -> list[str]:
   with open(_README, encoding='utf-8') as f:
     text = f.read()
-  section = text[text.index('## As a library'):]
-  return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+  start = text.index('## As a library')
+  section = text[start:text.index('\n## ', start + 1)]
+  return re.findall(r'```python\n(.*?)```', section, re.S)
 
 
 class ReadmeTest(absltest.TestCase):
 
-  def test_library_example_runs_and_reads_the_label(self):
+  def test_library_examples_run_and_read_the_label(self):
     reconstruct = attack.reconstruct
 
     def short(dlg, *args, **kwargs):
@@ -31,17 +32,20 @@ class ReadmeTest(absltest.TestCase):
       return reconstruct(attack.replace(dlg, num_steps=150), *args,
                          chunk_size=150, **kwargs)
 
-    out = io.StringIO()
+    examples = _library_examples()
+    self.assertLen(examples, 2)  # the DLG LeNet, then a user's NNX model
     jax.config.update('jax_disable_most_optimizations', True)
     attack.reconstruct = short
     try:
-      with contextlib.redirect_stdout(out):
-        exec(_library_example(), {})  # pylint: disable=exec-used
+      for example in examples:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+          exec(example, {})  # pylint: disable=exec-used
+        self.assertRegex(out.getvalue(),
+                         r'^PSNR [\d.]+ dB, label 49 \(true 49\)')
     finally:
       attack.reconstruct = reconstruct
       jax.config.update('jax_disable_most_optimizations', False)
-    printed = out.getvalue()
-    self.assertRegex(printed, r'^PSNR [\d.]+ dB, label 49 \(true 49\)$')
 
 
 if __name__ == '__main__':

@@ -35,6 +35,12 @@ def find_last_layer(grads: Any, num_classes: int) -> tuple[str, ...]:
         visit(value, path + (key,))
 
   visit(grads, ())
+  if not found and not isinstance(grads, dict):
+    raise ValueError(
+        f'The label read-out walks nested dicts, as Flax linen makes; got a '
+        f'{type(grads).__name__}. For an NNX module, use '
+        '`dlg_jax.vision.models.from_nnx`, whose parameters and gradients '
+        'are plain dicts.')
   if not found:
     raise ValueError(
         f'No Dense layer with {num_classes} outputs in the gradient; the '

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -253,3 +254,54 @@ class ModelApply:
 def make_apply_fn(model: nn.Module) -> ModelApply:
   """Returns `(params, x) -> logits`, the model as a pure function of params."""
   return ModelApply(model)
+
+
+@dataclasses.dataclass(frozen=True)
+class NnxApply:
+  """`(params, x) -> logits` of a Flax NNX module's graph.
+
+  `params` is the module's `nnx.Param` variables as a plain nested dict, or
+  a `client.Victim` whose `state` holds its other variables (BatchNorm's
+  statistics, RNG state) as one. The module is rebuilt (`nnx.merge`) inside
+  each call, so the function is pure: a BatchNorm in training mode
+  normalises by the batch's statistics and its updates are dropped, as
+  `ModelApply` does. Equal for equal graphs, so an attack built on it is a
+  static argument that calls share.
+  """
+  graphdef: Any
+
+  def __call__(self, params, x: jax.Array) -> jax.Array:
+    state = {}
+    if isinstance(params, client.Victim):
+      params, state = params.params, params.state
+    model = nnx.merge(self.graphdef, nnx.State(params), nnx.State(state))
+    return model(x)
+
+
+def from_nnx(module: nnx.Module) -> tuple[NnxApply, Any]:
+  """A Flax NNX module as `(apply_fn, params)` for the client and the attack.
+
+  Args:
+    module: an initialised NNX module mapping `[batch, h, w, c]` images to
+      `[batch, num_classes]` logits.
+
+  Returns:
+    `(apply_fn, params)`: an `NnxApply`, and the module's parameters as a
+    plain dict (so gradients are plain dicts, which the label read-out
+    walks), or a `client.Victim` with its other variables as its state when
+    it has any.
+
+  Example:
+
+    >>> apply_fn, params = models.from_nnx(MyNet(rngs=nnx.Rngs(0)))
+    >>> grads = client.gradient(apply_fn, params, x, onehot)
+  """
+  if not isinstance(module, nnx.Module):
+    raise ValueError(f'from_nnx needs a flax.nnx.Module, got '
+                     f'{type(module).__name__}.')
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  params = params.to_pure_dict()
+  rest = rest.to_pure_dict()
+  if rest:
+    params = client.Victim(params=params, state=rest)
+  return NnxApply(graphdef), params
