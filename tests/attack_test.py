@@ -541,6 +541,24 @@ class AttackConfigTest(parameterized.TestCase):
                       num_classes=4, batch=4, label_mode=label_mode)
     self.assertEqual(atk.batch, 4)
 
+  def test_make_and_replace_route_fields_to_their_sections(self):
+    atk = attack.make(apply_fn=lambda p, x: x, image_shape=[8, 8, 1],
+                      num_classes=4, tv_weight=0.1, num_steps=7, init='randn')
+    self.assertEqual(atk.threat.image_shape, (8, 8, 1))  # a tuple: hashable
+    self.assertEqual(atk.objective.tv_weight, 0.1)
+    self.assertEqual(atk.optimization.num_steps, 7)
+    self.assertEqual(atk.start.init, 'randn')
+    other = attack.replace(atk, batch=2, label_mode='joint', tv_weight=0.2)
+    self.assertEqual((other.batch, other.labels.label_mode,
+                      other.objective.tv_weight), (2, 'joint', 0.2))
+    self.assertEqual(other.optimization, atk.optimization)
+    with self.assertRaisesRegex(TypeError, 'tv_wieght'):
+      attack.make(apply_fn=lambda p, x: x, image_shape=(8, 8, 1),
+                  num_classes=4, tv_wieght=0.1)
+    # Checks across sections run on replace too.
+    with self.assertRaisesRegex(ValueError, 'idlg'):
+      attack.replace(atk, batch=2, label_method='idlg')
+
   def test_attack_is_hashable(self):
     apply_fn = lambda p, x: x
     a = attack.make(apply_fn=apply_fn, image_shape=(8, 8, 1), num_classes=4)
