@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = 'lenet'   # lenet, convnet, resnet
   # An activation name (sigmoid, relu, ...); unset keeps the model's own.
   config.model.activation = ml_collections.config_dict.placeholder(str)
+  # Normalisation of the convnet and resnet: none, batch (BatchNorm with the
+  # batch's statistics; the model then has state) or group; unset: none.
+  config.model.norm = ml_collections.config_dict.placeholder(str)
   config.model.num_classes = 100
   config.model.init_seed = 0
   # Adam steps on the images not attacked before the attack (0: attack the

@@ -241,5 +241,33 @@ class NnxTest(absltest.TestCase):
       models.from_nnx(models.get_model('lenet', num_classes=10))
 
 
+class NormTest(parameterized.TestCase):
+  """The ConvNet's and ResNet's `norm`: BatchNorm gives the model state."""
+
+  @parameterized.product(name=('convnet', 'resnet'),
+                         norm=('none', 'batch', 'group'))
+  def test_norm_and_its_state(self, name, norm):
+    model = models.get_model(name, num_classes=10, norm=norm,
+                             widths=(8, 16))
+    params = _abstract_params(model, (8, 8, 3))
+    self.assertEqual(isinstance(params, client.Victim), norm == 'batch')
+    layers = str(jax.tree.structure(client.trainable(params)))
+    self.assertEqual('BatchNorm' in layers, norm == 'batch')
+    self.assertEqual('GroupNorm' in layers, norm == 'group')
+    # The gradient is shaped like the parameters alone.
+    x = jnp.zeros((2, 8, 8, 3))
+    grads = jax.eval_shape(
+        lambda p: client.gradient(models.make_apply_fn(model), p, x,
+                                  jnp.full((2, 10), 0.1)), params)
+    self.assertEqual(jax.tree.structure(grads),
+                     jax.tree.structure(client.trainable(params)))
+
+  def test_bad_norm_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'Unknown norm'):
+      models.get_model('convnet', num_classes=10, norm='layer')
+    with self.assertRaisesRegex(ValueError, 'lenet has no normalisation'):
+      models.get_model('lenet', num_classes=10, norm='batch')
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -29,6 +29,21 @@ class TrainTest(absltest.TestCase):
     accuracy = np.mean(np.argmax(apply_fn(trained, x), -1) == y)
     self.assertGreater(accuracy, 0.6)
 
+  def test_a_model_with_batchnorm_trains_its_parameters(self):
+    ds = data.load_bundled('mnist')
+    x, y = ds.x[:64, ::4, ::4], ds.y[:64]  # 7x7 digits
+    model = models.get_model('convnet', num_classes=10, norm='batch',
+                             widths=(8,))
+    apply_fn = models.make_apply_fn(model)
+    victim = models.init_params(model, jax.random.PRNGKey(0), x.shape[1:])
+    trained, _ = train.train(apply_fn, victim, x, y, jax.random.PRNGKey(1),
+                             num_classes=10, steps=40, learning_rate=1e-2)
+    self.assertIsInstance(trained, client.Victim)
+    self.assertIs(trained.state, victim.state)
+    onehot = jax.nn.one_hot(y, 10)
+    self.assertLess(float(client.loss(apply_fn, trained, x, onehot)),
+                    0.8 * float(client.loss(apply_fn, victim, x, onehot)))
+
   def test_zero_steps_keeps_params(self):
     model = models.get_model('lenet', num_classes=10)
     apply_fn = models.make_apply_fn(model)

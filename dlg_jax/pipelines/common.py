@@ -177,7 +177,8 @@ def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
                              f'{config.model.pretrain_steps}.')
   model = errors.under('config.model', models.get_model, config.model.name,
                        num_classes=config.model.num_classes,
-                       activation=config.model.activation)
+                       activation=config.model.activation,
+                       norm=config.model.get('norm'))
   errors.under('config.model.num_classes', data.check_labels, labels,
                config.model.num_classes)
   # The records' metrics need a window that fits (metrics.ssim_window);

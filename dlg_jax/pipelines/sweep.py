@@ -143,12 +143,21 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
     f.write('\n'.join(lines) + '\n')
 
 
+# Config keys added after sweeps were first written: `(section, key)`.
+ADDED_KEYS = (('model', 'norm'),)
+
+
 def fingerprint_config(config) -> dict[str, Any]:
   """The config minus what does not change the attack's records."""
   out = config.to_dict()
   for key in EXECUTION_KEYS:
     out['sweep'].pop(key, None)
   out.pop('utility', None)
+  # Keys added since, when unset, leave the fingerprint as it was, so
+  # workdirs written before them resume.
+  for section, key in ADDED_KEYS:
+    if out.get(section, {}).get(key, 0) is None:
+      del out[section][key]
   return out
 
 

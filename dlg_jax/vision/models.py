@@ -124,58 +124,81 @@ class LeNet(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
 
 
+# Normalisation after each convolution of the ConvNet and ResNet: 'none',
+# 'batch' (BatchNorm in training mode: the batch's own statistics, as a
+# client computes its gradient; the model then has 'batch_stats' state) or
+# 'group' (GroupNorm, 4 groups: per example, no state).
+NORMS = ('none', 'batch', 'group')
+
+
+def normalize(kind: str, x: jax.Array) -> jax.Array:
+  """`x` through the normalisation layer `kind` (one of `NORMS`)."""
+  if kind == 'batch':
+    return nn.BatchNorm(use_running_average=False, momentum=0.9)(x)
+  if kind == 'group':
+    return nn.GroupNorm(num_groups=4)(x)
+  return x
+
+
 class ConvNet(nn.Module):
   """A VGG-style ConvNet: stages of two 3x3 convolutions and 2x2 average pooling.
 
-  No normalisation layers, so that a client's gradient is a function of its own
-  batch alone.
+  `norm` (one of `NORMS`) follows each convolution; without one ('none', the
+  default) a client's gradient is a function of each example alone.
   """
   num_classes: int = 100
   activation: str = 'relu'
   widths: Sequence[int] = (32, 64, 128)
+  norm: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
     for width in self.widths:
-      x = act(Conv(width, (3, 3))(x))
-      x = act(Conv(width, (3, 3))(x))
+      x = act(normalize(self.norm, Conv(width, (3, 3))(x)))
+      x = act(normalize(self.norm, Conv(width, (3, 3))(x)))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(self.num_classes)(x)
 
 
 class ResidualBlock(nn.Module):
-  """A basic residual block (two 3x3 convolutions) without normalisation."""
+  """A basic residual block: two 3x3 convolutions, each followed by `norm`."""
   width: int
   strides: int
   activation: str
+  norm: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
-    y = act(Conv(self.width, (3, 3), strides=(self.strides, self.strides))(x))
-    y = Conv(self.width, (3, 3))(y)
+    stride = (self.strides, self.strides)
+    y = act(normalize(self.norm, Conv(self.width, (3, 3), strides=stride)(x)))
+    y = normalize(self.norm, Conv(self.width, (3, 3))(y))
     if x.shape != y.shape:
-      x = Conv(self.width, (1, 1), strides=(self.strides, self.strides))(x)
+      x = normalize(self.norm, Conv(self.width, (1, 1), strides=stride)(x))
     return act(x + y)
 
 
 class ResNet(nn.Module):
-  """A small ResNet: a 3x3 stem, then `blocks` residual blocks per stage."""
+  """A small ResNet: a 3x3 stem, then `blocks` residual blocks per stage.
+
+  `norm` (one of `NORMS`) follows every convolution; 'none' by default.
+  """
   num_classes: int = 100
   activation: str = 'relu'
   widths: Sequence[int] = (16, 32, 64)
   blocks: int = 1
+  norm: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
-    x = act(Conv(self.widths[0], (3, 3))(x))
+    x = act(normalize(self.norm, Conv(self.widths[0], (3, 3))(x)))
     for stage, width in enumerate(self.widths):
       for block in range(self.blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(width, strides, self.activation)(x)
+        x = ResidualBlock(width, strides, self.activation, self.norm)(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
@@ -184,7 +207,7 @@ MODELS = {'lenet': LeNet, 'convnet': ConvNet, 'resnet': ResNet}
 
 
 def get_model(name: str, *, num_classes: int, activation: str | None = None,
-              **kwargs) -> nn.Module:
+              norm: str | None = None, **kwargs) -> nn.Module:
   """Builds the model called `name`.
 
   Args:
@@ -192,6 +215,9 @@ def get_model(name: str, *, num_classes: int, activation: str | None = None,
     num_classes: number of output classes.
     activation: a name from `ACTIVATIONS`; None keeps the model's default
       (sigmoid for LeNet, ReLU otherwise).
+    norm: one of `NORMS` for the ConvNet and ResNet; None keeps 'none'.
+      With 'batch' the model has state: `init_params` returns a
+      `client.Victim`.
     **kwargs: other fields of the model class (e.g. `widths`).
 
   Returns:
@@ -204,6 +230,13 @@ def get_model(name: str, *, num_classes: int, activation: str | None = None,
   if activation is not None:
     get_activation(activation)
     kwargs['activation'] = activation
+  if norm is not None:
+    if norm not in NORMS:
+      raise ValueError(f'Unknown norm {norm!r}; choose one of {list(NORMS)}.')
+    if 'norm' not in {f.name for f in dataclasses.fields(MODELS[name])}:
+      raise ValueError(f'{name} has no normalisation option (norm); the '
+                       'convnet and resnet have.')
+    kwargs['norm'] = norm
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 

@@ -25,7 +25,9 @@ def train(apply_fn: client.ApplyFn, params: Any, x: ArrayLike, y: ArrayLike,
 
   Args:
     apply_fn: `(params, x) -> logits`.
-    params: the initial parameters.
+    params: the initial parameters, or a `client.Victim`: its parameters
+      are trained and its state (BatchNorm statistics, which a training-mode
+      BatchNorm does not read) is returned as given.
     x: `[n, h, w, c]` training images.
     y: `[n]` int labels.
     key: PRNG key for minibatch sampling.
@@ -44,12 +46,16 @@ def train(apply_fn: client.ApplyFn, params: Any, x: ArrayLike, y: ArrayLike,
   x, y = jnp.asarray(x), jnp.asarray(y)
   opt = optax.adam(learning_rate)
   labels = jax.nn.one_hot(y, num_classes)
+  # A model with state trains its parameters; its state stays as given.
+  state = params.state if isinstance(params, client.Victim) else None
+  full = (lambda p: p) if state is None else (
+      lambda p: client.Victim(params=p, state=state))
 
   def step(carry, step_key):
     params, opt_state = carry
     idx = jax.random.randint(step_key, (batch_size,), 0, x.shape[0])
-    loss, grads = jax.value_and_grad(client.loss, argnums=1)(
-        apply_fn, params, x[idx], labels[idx])
+    loss, grads = jax.value_and_grad(
+        lambda p: client.loss(apply_fn, full(p), x[idx], labels[idx]))(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -59,4 +65,5 @@ def train(apply_fn: client.ApplyFn, params: Any, x: ArrayLike, y: ArrayLike,
         step, (params, opt.init(params)), jax.random.split(key, steps))
     return params, losses
 
-  return run(params, key)
+  trained, losses = run(client.trainable(params), key)
+  return full(trained), losses
