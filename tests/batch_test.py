@@ -38,7 +38,9 @@ def tearDownModule():
 
 def _lenet(num_classes=_NUM_CLASSES, shape=_SHAPE, seed=0):
   model = models.get_model('lenet', num_classes=num_classes)
-  params = models.init_params(model, jax.random.key(seed), shape)
+  # Jitted: one compile, where eager initialisation compiles every op.
+  params = jax.jit(models.init_params, static_argnums=(0, 2))(
+      model, jax.random.key(seed), tuple(shape))
   return models.make_apply_fn(model), params
 
 
@@ -112,8 +114,9 @@ class BatchLabelsTest(parameterized.TestCase):
 
   def test_bad_inputs_raise(self):
     apply_fn, params = _lenet()
-    grads = client.gradient(apply_fn, params, jnp.zeros((2, *_SHAPE)),
-                            jax.nn.one_hot(jnp.array([1, 2]), _NUM_CLASSES))
+    grads = jax.jit(client.gradient, static_argnums=0)(
+        apply_fn, params, jnp.zeros((2, *_SHAPE)),
+        jax.nn.one_hot(jnp.array([1, 2]), _NUM_CLASSES))
     with self.assertRaisesRegex(ValueError, 'label method.*guess'):
       labels.batch_labels(grads, _NUM_CLASSES, 2, method='guess')
     with self.assertRaisesRegex(ValueError, 'idlg.*batch 1'):
