@@ -254,20 +254,12 @@ class BatchSuccessTest(absltest.TestCase):
 class BatchAttackTest(absltest.TestCase):
   """The batch attack end to end on real bundled images."""
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    # The attack runs hundreds of steps: here optimised code pays off.
-    jax.config.update('jax_disable_most_optimizations', False)
-
-  @classmethod
-  def tearDownClass(cls):
-    jax.config.update('jax_disable_most_optimizations', True)
-    super().tearDownClass()
-
   def test_recovers_batch_with_repeated_label(self):
     # MNIST test images 2 and 5, both a '1', behind one gradient; labels
-    # counted off the gradient. Measured: both images pass 30 dB.
+    # counted off the gradient. Measured: the batch passes 30 dB at step
+    # 212, and ends at 33.5 and 32.1 dB. Without XLA's optimisations (this
+    # module's setting) the test took 16.9 s here, with them 23.0 s: the
+    # compile saved outweighs the slower steps.
     ds = data.load_dataset('mnist', count=8)
     pick = np.array([2, 5])
     x, y = ds.x[pick], ds.y[pick]
