@@ -328,6 +328,15 @@ class BadInputTest(parameterized.TestCase):
       attack_pipeline.run(cifar100_config.get_config('quick'),
                           os.path.join(blocker, 'out'))
 
+  def test_refused_run_leaves_no_workdir(self):
+    workdir = os.path.join(
+        self.enter_context(tempfile.TemporaryDirectory()), 'new', 'out')
+    config = _override(cifar100_config.get_config('quick'),
+                       {'model.name': 'no_such_model'})
+    with self.assertRaisesRegex(ValueError, r'config\.model'):
+      attack_pipeline.run(config, workdir)
+    self.assertFalse(os.path.exists(os.path.dirname(workdir)))
+
   def test_url_workdir_is_refused_not_made_locally(self):
     with self.assertRaisesRegex(ValueError, '--workdir .*is a URL'):
       common.check_workdir('gs://bucket/run')

@@ -102,6 +102,7 @@ def prepare(config, workdir: str) -> Setup:
   # The prior's checks first: build pretrains (compiles) the model.
   prior = fit_prior(config, full)
   ds, params, attack = common.build(config, full)
+  common.make_workdir(workdir)
   figures.save_json(os.path.join(workdir, 'config.json'), config.to_dict())
   return Setup(ds, params, attack, prior)
 

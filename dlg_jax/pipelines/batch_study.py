@@ -365,6 +365,7 @@ def run(config, workdir: str) -> dict[int, dict[str, Any]]:
     ConfigError: a bad config value or workdir, named, before any work.
   """
   check_study(config, workdir)
+  common.make_workdir(workdir)
   run_label_studies(config, workdir)
   rows = {}
   for b in config.study.batch_sizes:

@@ -1,6 +1,7 @@
 """What several pipelines share: data, model and attack from a config.
 
-* `check_workdir`: the output directory, checked before any work.
+* `check_workdir`, `make_workdir`: the output directory, checked before any
+  work without changing anything on disk, then made once the checks pass.
 * `load_data`, `target_count`: the images of `config.data`, and how many of
   them are attacked.
 * `build`: the targets, the model's params and the `attack.Attack` of
@@ -37,7 +38,16 @@ DEFAULT_COUNT = 10
 
 
 def check_workdir(workdir: str) -> None:
-  """Creates `workdir` and checks that it can be written, before any work."""
+  """Checks that `workdir` can be written, changing nothing on disk.
+
+  An existing folder gets a probe file (written and removed); a missing one
+  needs its nearest existing parent to be a writable folder, and is made by
+  `make_workdir` only once the run has passed its checks, so a refused run
+  leaves no folder behind.
+
+  Raises:
+    ConfigError: naming `--workdir`.
+  """
   if not workdir:
     raise errors.ConfigError('--workdir is required.')
   if '://' in workdir:
@@ -45,15 +55,29 @@ def check_workdir(workdir: str) -> None:
         f'--workdir {workdir!r} is a URL; outputs are written with local file '
         'calls, so give a local or mounted directory (e.g. a bucket mounted '
         'with gcsfuse).')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise errors.ConfigError(
-        f'--workdir {workdir!r} cannot be written: {e}') from None
+  if os.path.isdir(workdir):
+    try:
+      probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+      with open(probe, 'w') as f:
+        f.write('ok')
+      os.remove(probe)
+    except OSError as e:
+      raise errors.ConfigError(
+          f'--workdir {workdir!r} cannot be written: {e}') from None
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if os.path.exists(workdir) or not os.path.isdir(parent) or not os.access(
+      parent, os.W_OK | os.X_OK):
+    what = 'is not a folder' if os.path.exists(workdir) else (
+        f'cannot be made: {parent} is not a writable folder')
+    raise errors.ConfigError(f'--workdir {workdir!r} {what}.')
+
+
+def make_workdir(workdir: str) -> None:
+  """Makes `workdir` (checked by `check_workdir`) for the run's outputs."""
+  errors.under('--workdir', os.makedirs, workdir, exist_ok=True)
 
 
 def defense_grid(section: str, names: Sequence[str], strengths: Any,

@@ -207,6 +207,7 @@ def run(config, workdir: str, *, num_devices: int = 0) -> dict[str, Any]:
   check_utility(config)
   mesh = errors.under('--num_devices', parallel.make_mesh, num_devices)
   common.check_workdir(workdir)
+  common.make_workdir(workdir)
   # Before anything is built or written: another run may hold the workdir.
   with errors.under('--workdir', sweep_lib.lock_workdir, workdir) as lock:
     return run_locked(config, workdir, spec, mesh, lock)

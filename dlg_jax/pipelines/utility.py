@@ -160,6 +160,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                   'wall_seconds': wall},
       'config': config.to_dict(),
   }
+  common.make_workdir(workdir)
   figures.save_json(os.path.join(workdir, 'utility.json'), results)
   write_table(os.path.join(workdir, 'utility.md'), rows, setup)
   for r in rows:
