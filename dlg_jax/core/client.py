@@ -48,8 +48,11 @@ def trainable(params: Params | Victim) -> Params:
   return params.params if isinstance(params, Victim) else params
 
 
-def _rebuild(params: Params | Victim) -> Callable[[Params], Params | Victim]:
-  """Puts new trainable parameters back where `params` had them."""
+def rebuild(params: Params | Victim) -> Callable[[Params], Params | Victim]:
+  """A function putting new trainable parameters back where `params` had them.
+
+  Plain parameters are replaced; a `Victim` keeps its state.
+  """
   if isinstance(params, Victim):
     return lambda p: params._replace(params=p)
   return lambda p: p
@@ -89,8 +92,8 @@ def gradient(apply_fn: ApplyFn, params: Params, x: ArrayLike,
   Returns:
     A pytree shaped like the (trainable) parameters.
   """
-  rebuild = _rebuild(params)
-  return jax.grad(lambda p: loss(apply_fn, rebuild(p), x, labels))(
+  put = rebuild(params)
+  return jax.grad(lambda p: loss(apply_fn, put(p), x, labels))(
       trainable(params))
 
 
@@ -163,14 +166,14 @@ def fedavg_update(apply_fn: ApplyFn, params: Params, x: ArrayLike,
   xs = x.reshape(num_batches, size, *x.shape[1:])
   ys = labels.reshape(num_batches, size, *labels.shape[1:])
 
-  rebuild = _rebuild(params)
+  put = rebuild(params)
 
   def step(p, k):
     if num_batches == 1:
-      g = gradient(apply_fn, rebuild(p), x, labels)
+      g = gradient(apply_fn, put(p), x, labels)
     else:
       j = k % num_batches
-      g = gradient(apply_fn, rebuild(p), xs[j], ys[j])
+      g = gradient(apply_fn, put(p), xs[j], ys[j])
     return jax.tree.map(lambda a, b: a - learning_rate * b, p, g), None
 
   start = trainable(params)

@@ -286,13 +286,18 @@ def attack(config: bert.BertConfig, params: Params, target: Params,
   chunk_key = ('text_chunk', config, distance, learning_rate, log_every)
   snapshot_key = ('text_snapshot', config, distance)
 
+  # Looked up once: every chunk has the same shapes.
+  snapshot = runner.CACHE.compiled(snapshot_key, snapshot_fn, state, problem,
+                                   mask)
+  run_chunk = None
+
   steps, history, inputs_history, losses = [], [], [], []
   for chunk in range(num_steps // log_every + 1):
     if chunk:
-      state = runner.CACHE.compiled(chunk_key, chunk_fn, state, problem)(
-          state, problem)
-    ids, inputs, value = jax.device_get(runner.CACHE.compiled(
-        snapshot_key, snapshot_fn, state, problem, mask)(state, problem, mask))
+      if run_chunk is None:
+        run_chunk = runner.CACHE.compiled(chunk_key, chunk_fn, state, problem)
+      state = run_chunk(state, problem)
+    ids, inputs, value = jax.device_get(snapshot(state, problem, mask))
     steps.append(chunk * log_every)
     history.append(ids[:n])
     inputs_history.append(inputs[:n])

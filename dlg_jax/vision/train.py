@@ -47,9 +47,7 @@ def train(apply_fn: client.ApplyFn, params: Any, x: ArrayLike, y: ArrayLike,
   opt = optax.adam(learning_rate)
   labels = jax.nn.one_hot(y, num_classes)
   # A model with state trains its parameters; its state stays as given.
-  state = params.state if isinstance(params, client.Victim) else None
-  full = (lambda p: p) if state is None else (
-      lambda p: client.Victim(params=p, state=state))
+  full = client.rebuild(params)
 
   def step(carry, step_key):
     params, opt_state = carry
