@@ -214,6 +214,33 @@ class GetOptimizerTest(parameterized.TestCase):
     x = run(jnp.zeros(3))
     self.assertLess(float(fn(x)), 1e-3)
 
+  def test_step_schedule_cuts_at_three_five_seven_eighths(self):
+    lr = optim.learning_rate_schedule('step', 0.1, 800)
+    np.testing.assert_allclose(
+        [lr(s) for s in (0, 299, 300, 499, 500, 699, 700, 799)],
+        [0.1, 0.1, 1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-5)
+
+  def test_signed_adam_moves_tiny_gradients_as_fast_as_large_ones(self):
+    # Adam's eps slows a coordinate whose gradient is far below it; on the
+    # gradient's sign every coordinate moves alike.
+    grad = jnp.array([1e-10, 1.0])
+    for signed, moved in ((False, False), (True, True)):
+      opt = optim.get_optimizer('adam', learning_rate=0.1, signed=signed,
+                                schedule='constant')
+      updates, _ = opt.update(grad, opt.init(grad))
+      self.assertEqual(
+          bool(np.isclose(abs(updates[0]), abs(updates[1]), rtol=1e-3)),
+          moved)
+
+  @parameterized.parameters(dict(signed=True), dict(schedule='step'))
+  def test_adam_options_on_lbfgs_raise(self, **kwargs):
+    with self.assertRaisesRegex(ValueError, 'Adam'):
+      optim.get_optimizer('lbfgs', **kwargs)
+
+  def test_unknown_schedule_raises(self):
+    with self.assertRaisesRegex(ValueError, "'linear'"):
+      optim.get_optimizer('adam', schedule='linear')
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -202,31 +202,62 @@ def best_params(state: Any, params: Any) -> Any:
 
 
 OPTIMIZERS = ('lbfgs', 'lbfgs_linesearch', 'adam')
+# Adam's learning-rate schedules over `num_steps`: 'cosine' decay to 0,
+# 'step' (x0.1 at 3/8, 5/8 and 7/8 of the steps, as Inverting Gradients'
+# MultiStepLR) and 'constant'.
+SCHEDULES = ('cosine', 'step', 'constant')
+
+
+def learning_rate_schedule(name: str, learning_rate: float,
+                           num_steps: int) -> optax.Schedule:
+  """Adam's learning rate by step: one of `SCHEDULES` over `num_steps`."""
+  num_steps = max(num_steps, 1)
+  if name == 'cosine':
+    return optax.cosine_decay_schedule(learning_rate, num_steps)
+  if name == 'step':
+    return optax.piecewise_constant_schedule(
+        learning_rate, {int(num_steps * f): 0.1 for f in (3 / 8, 5 / 8,
+                                                          7 / 8)})
+  if name == 'constant':
+    return optax.constant_schedule(learning_rate)
+  raise ValueError(
+      f'Unknown schedule {name!r}; choose one of {list(SCHEDULES)}.')
 
 
 def get_optimizer(name: str, *, learning_rate: float = 0.1,
-                  memory_size: int = 100,
-                  num_steps: int = 1000) -> optax.GradientTransformationExtraArgs:
+                  memory_size: int = 100, num_steps: int = 1000,
+                  schedule: str = 'cosine',
+                  signed: bool = False) -> optax.GradientTransformationExtraArgs:
   """Builds an attack optimiser by name.
 
   Args:
     name: 'lbfgs' (accept/reject L-BFGS above, the default),
       'lbfgs_linesearch' (`optax.lbfgs` with its zoom linesearch, closest to
-      the PyTorch L-BFGS of the DLG release), or 'adam' (with cosine decay
-      from `learning_rate`, as Geiping et al. 2020).
+      the PyTorch L-BFGS of the DLG release), or 'adam'.
     learning_rate: Adam's peak learning rate (unused by the L-BFGS ones).
     memory_size: L-BFGS memory.
     num_steps: the horizon of Adam's schedule.
+    schedule: Adam's learning-rate schedule, one of `SCHEDULES` ('cosine'
+      as Geiping et al. 2020's released attacks on trained models, 'step'
+      as their Inverting Gradients recipe).
+    signed: Adam on the gradient's sign (`optax.scale_by_sign` first), as
+      Inverting Gradients: every pixel moves at the same rate whatever the
+      scale of its gradient, which on ReLU networks spans decades.
 
   Returns:
     An optax transformation taking `value=`, `grad=` and `value_fn=` extras.
   """
+  if name not in OPTIMIZERS:
+    raise ValueError(
+        f'Unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}.')
+  if name != 'adam' and (signed or schedule != 'cosine'):
+    raise ValueError(f'schedule and signed are Adam\'s; {name!r} has neither.')
   if name == 'lbfgs':
     return lbfgs(memory_size)
   if name == 'lbfgs_linesearch':
     return optax.lbfgs(memory_size=memory_size)
-  if name == 'adam':
-    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
-    return optax.with_extra_args_support(optax.adam(schedule))
-  raise ValueError(
-      f'Unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}.')
+  adam = optax.adam(learning_rate_schedule(schedule, learning_rate,
+                                           num_steps))
+  if signed:
+    adam = optax.chain(optax.scale_by_sign(), adam)
+  return optax.with_extra_args_support(adam)

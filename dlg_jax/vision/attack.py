@@ -194,23 +194,41 @@ class Optimization:
     num_steps: most optimiser steps per job.
     tol: a job stops once its distance is below `tol * ||target||^2` (l2) or
       `tol` (cosine).
+    schedule: Adam's learning-rate schedule (`optim.SCHEDULES`).
+    signed: Adam on the gradient's sign (Inverting Gradients).
+    box: after each Adam step, clip the images to the data range [0, 1]
+      (Inverting Gradients' boxed pixels).
   """
   optimizer: str = 'lbfgs'
   learning_rate: float = 0.1
   memory_size: int = 100
   num_steps: int = 6000
   tol: float = 2e-8
+  schedule: str = 'cosine'
+  signed: bool = False
+  box: bool = False
 
   def __post_init__(self):
     _choice('optimizer', self.optimizer, tuple(optim.OPTIMIZERS))
     _at_least('num_steps', self.num_steps, 1)
     _at_least('memory_size', self.memory_size, 1)
+    _choice('schedule', self.schedule, optim.SCHEDULES)
+    if self.optimizer != 'adam':
+      # L-BFGS's accept test and curvature pairs assume unprojected steps.
+      for field, value, default in (('schedule', self.schedule, 'cosine'),
+                                    ('signed', self.signed, False),
+                                    ('box', self.box, False)):
+        if value != default:
+          raise errors.FieldError(
+              field, f'applies to optimizer "adam" only, not '
+              f'{self.optimizer!r}; got {value!r}.')
 
   @property
   def opt(self) -> optax.GradientTransformationExtraArgs:
     return optim.get_optimizer(
         self.optimizer, learning_rate=self.learning_rate,
-        memory_size=self.memory_size, num_steps=self.num_steps)
+        memory_size=self.memory_size, num_steps=self.num_steps,
+        schedule=self.schedule, signed=self.signed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -550,6 +568,30 @@ def init_state(attack: Attack, key: ArrayLike) -> AttackState:
       snapshots=jnp.zeros((num_snapshots, *shape), jnp.float32))
 
 
+def unstarted_states(attack: Attack, num_jobs: int) -> AttackState:
+  """`[num_jobs]` placeholder states that `start_if_unstarted` replaces.
+
+  Zeros with `step = -1`, shaped like a vmapped `init_state`, made on the
+  host and put on the default device without compiling anything, so a
+  runner's chunk program can start its jobs itself rather than needing a
+  program of its own.
+  """
+  shapes = jax.eval_shape(
+      jax.vmap(lambda k: init_state(attack, k)),
+      jax.ShapeDtypeStruct((num_jobs,), jax.random.key(0).dtype))
+  states = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  return jax.device_put(
+      states._replace(step=np.full((num_jobs,), -1, np.int32)))
+
+
+def start_if_unstarted(attack: Attack, state: AttackState,
+                       key: ArrayLike) -> AttackState:
+  """`init_state(attack, key)` where `state` is a placeholder, else `state`."""
+  unstarted = state.step < 0
+  return jax.tree.map(lambda a, b: jnp.where(unstarted, a, b),
+                      init_state(attack, key), state)
+
+
 def attack_step(attack: Attack, params: Any, state: AttackState,
                 target: Target) -> AttackState:
   """One optimiser step of one job.
@@ -580,6 +622,8 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
       grad, state.opt_state, state.variables, value=value, grad=grad,
       value_fn=fn)
   variables = optax.apply_updates(state.variables, updates)
+  if attack.optimization.box:
+    variables = {**variables, 'x': jnp.clip(variables['x'], 0.0, 1.0)}
   if target.tolerance is not None:
     # A target's own tolerance stops the job for good once reached (see
     # `Target`): the best point, and so the result, stay where they were.
@@ -822,12 +866,14 @@ def reconstruct(
   stop_at = (attack.num_steps if length * num_chunks != attack.num_steps
              else None)
   counter = runner.CompileCounter()
-  init_fn = jax.jit(jax.vmap(lambda k: init_state(attack, k)))
-  # params are an argument, not a closed-over constant that XLA would fold
-  # into (and slow) every compile.
+  # One program per batch size: its jobs start in their first chunk (from
+  # placeholder states), not in a program of their own. params are an
+  # argument, not a closed-over constant that XLA would fold into (and
+  # slow) every compile.
   chunk_fn = jax.jit(jax.vmap(
-      lambda s, t, p: run_steps(attack, p, s, t, length, stop_at=stop_at),
-      in_axes=(0, 0, None)), donate_argnums=0)
+      lambda s, k, t, p: run_steps(attack, p, start_if_unstarted(attack, s, k),
+                                   t, length, stop_at=stop_at),
+      in_axes=(0, 0, 0, None)), donate_argnums=0)
   sizes: list[int] = []
   progress = runner.Progress('reconstruct', every_seconds=log_every_seconds)
 
@@ -838,16 +884,15 @@ def reconstruct(
     # Lane i runs job active[lanes[i]]; lanes past the running jobs repeat
     # them and are ignored.
     active, lanes = group, _padded(group.size, width)
-    batch_keys = keys[active[lanes]]
-    states = runner.CACHE.compiled(('init', attack), init_fn, batch_keys)(
-        batch_keys)
+    states = unstarted_states(attack, lanes.size)
     for chunk in range(num_chunks):
       job_targets = _take(targets, job_target[active[lanes]])
+      job_keys = keys[active[lanes]]
       sizes.append(lanes.size)
       fn = runner.CACHE.compiled(('chunk', attack, length, stop_at), chunk_fn,
-                                 states, job_targets, params)
+                                 states, job_keys, job_targets, params)
       start = time.perf_counter()
-      states = jax.block_until_ready(fn(states, job_targets, params))
+      states = jax.block_until_ready(fn(states, job_keys, job_targets, params))
       # Each running job pays an equal share of the chunk, padding included.
       seconds[active] += (time.perf_counter() - start) / active.size
       steps_done = min((chunk + 1) * length, attack.num_steps)

@@ -272,6 +272,10 @@ def _sha(*arrays: Any) -> str:
   return h.hexdigest()
 
 
+# `Attack` fields added after workdirs were written, with their defaults.
+_ADDED_FIELDS = {'schedule': 'cosine', 'signed': False, 'box': False}
+
+
 def _attack_fields(attack: attack_lib.Attack) -> dict[str, Any]:
   """The attack's settings as one flat dict, its `apply_fn` left out.
 
@@ -291,6 +295,10 @@ def _attack_fields(attack: attack_lib.Attack) -> dict[str, Any]:
   for section in (attack.labels, attack.objective, attack.optimization,
                   attack.start):
     fields.update(dataclasses.asdict(section))
+  # Fields added since, at their defaults, leave the fingerprint as it was.
+  for name, default in _ADDED_FIELDS.items():
+    if fields[name] == default:
+      del fields[name]
   return fields
 
 
