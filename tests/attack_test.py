@@ -212,6 +212,39 @@ class VictimStateTest(absltest.TestCase):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                  got, want)
 
+  def test_batch_statistics_are_what_flax_averages_in(self):
+    x = jnp.concatenate([self.x, 1.0 - self.x])  # a batch of two
+    (mean, var), = models.batch_norm_statistics(self.apply_fn, self.victim, x)
+    _, updated = self.model.apply(
+        {'params': self.victim.params, **self.victim.state}, x,
+        mutable=['batch_stats'])
+    old = self.victim.state['batch_stats']['BatchNorm_0']
+    new = updated['batch_stats']['BatchNorm_0']
+    # Flax: running = 0.99 running + 0.01 batch statistic.
+    np.testing.assert_allclose(mean, (new['mean'] - 0.99 * old['mean']) / 0.01,
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(var, (new['var'] - 0.99 * old['var']) / 0.01,
+                               rtol=1e-3, atol=1e-4)
+
+  def test_batchnorm_prior_is_zero_at_the_client_batch_only(self):
+    atk = attack.make(apply_fn=self.apply_fn, image_shape=self.x.shape[1:],
+                      num_classes=10, bn_weight=1.0, snapshot_steps=(0,))
+    x = jnp.concatenate([self.x, 1.0 - self.x])
+    y = jax.nn.one_hot(jnp.array([1, 2]), 10)
+    atk = attack.replace(atk, batch=2, label_mode='known')
+    target = jax.jit(lambda v, x: attack.make_target(
+        atk, atk.threat.shared_update(v, x, y), jnp.array([1, 2]),
+        bn_stats=atk.threat.batch_statistics(v, x)))(self.victim, x)
+    objective = jax.jit(lambda v: attack.objective(atk, self.victim,
+                                                   {'x': v}, target))
+    value = lambda v: float(objective(v))
+    self.assertLess(value(x), 1e-5)
+    # Same gradient distance term order, but the wrong batch statistics.
+    self.assertGreater(value(x * 0.5), 1e-2)
+    with self.assertRaisesRegex(ValueError, 'bn_stats'):
+      attack.objective(atk, self.victim, {'x': x},
+                       target._replace(bn_stats=None))
+
   def test_attack_recovers_the_image_through_batchnorm(self):
     atk = attack.make(apply_fn=self.apply_fn, image_shape=self.x.shape[1:],
                       num_classes=10, num_steps=300, snapshot_steps=(0,))

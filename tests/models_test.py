@@ -262,6 +262,28 @@ class NormTest(parameterized.TestCase):
     self.assertEqual(jax.tree.structure(grads),
                      jax.tree.structure(client.trainable(params)))
 
+  @parameterized.named_parameters(
+      # He et al. 2016's ResNet-20 (0.28M at 100 classes, 1x1 projections)
+      # and ResNet-18 with the CIFAR stem (11.2M at 100 classes).
+      ('resnet20', 'resnet20', 100, 279_108),
+      ('resnet18', 'resnet18', 100, 11_224_932),
+  )
+  def test_zoo_resnets_have_their_size_and_batchnorm(self, name, num_classes,
+                                                     count):
+    model = models.get_model(name, num_classes=num_classes)
+    victim = _abstract_params(model, (32, 32, 3))
+    self.assertIsInstance(victim, client.Victim)
+    self.assertEqual(sum(p.size for p in jax.tree.leaves(victim.params)),
+                     count)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    self.assertEqual(
+        jax.eval_shape(models.make_apply_fn(model), victim, x).shape,
+        (2, num_classes))
+    # norm overrides the default.
+    self.assertNotIsInstance(_abstract_params(
+        models.get_model(name, num_classes=10, norm='group'), (32, 32, 3)),
+                             client.Victim)
+
   def test_bad_norm_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown norm'):
       models.get_model('convnet', num_classes=10, norm='layer')

@@ -45,6 +45,7 @@ from dlg_jax.core import objectives
 from dlg_jax.core import optim
 from dlg_jax.core import runner
 from dlg_jax.vision import labels as labels_lib
+from dlg_jax.vision import models
 LABEL_MODES = ('analytic', 'joint', 'known')
 LABEL_METHODS = ('auto',) + labels_lib.LABEL_METHODS
 INITS = ('grey', 'uniform', 'randn')
@@ -107,6 +108,16 @@ class Threat:
     """
     return self.client.update(self.apply_fn, params, x, labels)
 
+  def batch_statistics(self, params: Any, x: ArrayLike) -> Any:
+    """The BatchNorm statistics of the client's batch `x` (a linen victim).
+
+    What GradAttack's "strong" attacker knows besides the update: a FedAvg
+    client's updated running statistics reveal them. See
+    `models.batch_norm_statistics`.
+    """
+    return models.batch_norm_statistics(self.apply_fn, params,
+                                        jnp.asarray(x))
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Labels:
@@ -157,6 +168,13 @@ class Objective:
       arrays come in `Target.prior`, which must be set when this is > 0.
     layer_weights: optional `((path, weight), ...)` weighting named layers
       of the gradient (paths as 'Dense_0' or 'Conv_1/kernel'); others weigh 1.
+    bn_weight: weight of GradInversion's BatchNorm-statistics prior (Yin et
+      al. 2021): the sum over the victim's training-mode BatchNorm layers
+      of `||mean - mean*|| + ||var - var*||` between the dummy batch's
+      statistics and the client's (`models.batch_norm_statistics`), which
+      come in `Target.bn_stats`: the attacker of GradAttack's "strong"
+      threat model knows them. 0 is off (the attacker knows the parameters
+      only).
   """
   distance: str = 'l2'
   tv_weight: float = 0.0
@@ -165,6 +183,7 @@ class Objective:
   tv_stages: int = 0
   prior_weight: float = 0.0
   layer_weights: tuple[tuple[str, float], ...] = ()
+  bn_weight: float = 0.0
 
   def __post_init__(self):
     _choice('distance', self.distance, tuple(objectives.DISTANCES))
@@ -177,6 +196,7 @@ class Objective:
           'tv_stages', f'must be 0 (every step) or >= 2, got '
           f'{self.tv_stages}.')
     _at_least('prior_weight', self.prior_weight, 0)
+    _at_least('bn_weight', self.bn_weight, 0)
 
   @property
   def uses_tv(self) -> bool:
@@ -381,6 +401,9 @@ class Target(NamedTuple):
 
   `prior` is the `objectives.GaussianPrior` that `Objective.prior_weight`
   weighs (fitted on images other than the attacked ones); None without one.
+  `bn_stats` are the client batch's BatchNorm statistics that
+  `Objective.bn_weight` matches (`models.batch_norm_statistics`); None
+  without them.
 
   The last three fields are what an attacker who knows the defense adds
   (see `aware_target`); None leaves the attack as `Attack` describes it:
@@ -401,6 +424,7 @@ class Target(NamedTuple):
   tolerance: jax.Array | None = None
   tv_weight: jax.Array | None = None
   prior: objectives.GaussianPrior | None = None
+  bn_stats: Any = None
 
 
 def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
@@ -494,7 +518,27 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
     value += obj.prior_weight * jnp.mean(jax.vmap(
         lambda x: objectives.gaussian_prior_penalty(target.prior, x))(
             variables['x']))
+  if obj.bn_weight:
+    value += obj.bn_weight * _bn_penalty(attack, params, variables['x'],
+                                         target.bn_stats)
   return value
+
+
+def _bn_penalty(attack: Attack, params: Any, x: jax.Array,
+                goal: Any) -> jax.Array:
+  """GradInversion's BatchNorm prior: `sum ||mean - mean*|| + ||var - var*||`."""
+  if goal is None:
+    raise ValueError('Objective.bn_weight > 0 needs a Target.bn_stats; pass '
+                     'bn_stats= to make_target or reconstruct.')
+  stats = models.batch_norm_statistics(attack.threat.apply_fn, params, x)
+  if len(stats) != len(goal):
+    raise ValueError(
+        f'Target.bn_stats has {len(goal)} layers, the model {len(stats)} '
+        'training-mode BatchNorm layers.')
+  # The norm's gradient at 0 is NaN-free: sqrt of a floored square.
+  norm = lambda a: jnp.sqrt(jnp.sum(jnp.square(a)) + 1e-12)
+  return sum(norm(m - gm) + norm(v - gv)
+             for (m, v), (gm, gv) in zip(stats, goal))
 
 
 def _tolerance(attack: Attack, target: Target) -> jax.Array:
@@ -656,7 +700,8 @@ def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
 def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
                 ground_truth: ArrayLike | None = None, *,
                 params: Any | None = None,
-                prior: objectives.GaussianPrior | None = None) -> Target:
+                prior: objectives.GaussianPrior | None = None,
+                bn_stats: Any = None) -> Target:
   """The attacker's view of one shared gradient (or FedAvg update).
 
   Args:
@@ -667,6 +712,8 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
     params: the shared model's parameters; the 'count' label method needs
       them.
     prior: the image prior the objective's `prior_weight` weighs, if any.
+    bn_stats: the client batch's BatchNorm statistics the objective's
+      `bn_weight` matches, if any.
 
   Returns:
     A `Target`. Analytic labels come sorted by class, not in batch order.
@@ -691,7 +738,7 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
     # A NaN reference never counts as a success.
     ground_truth = jnp.full((threat.batch, *threat.image_shape), jnp.nan)
   return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32),
-                prior=prior)
+                prior=prior, bn_stats=bn_stats)
 
 
 # The TV weight per unit of noise variance of `aware_target`: 3 at variance
@@ -813,6 +860,7 @@ def reconstruct(
     max_parallel: int | None = None,
     log_every_seconds: float = 10.0,
     prior: objectives.GaussianPrior | None = None,
+    bn_stats: Any = None,
 ) -> Result:
   """Runs the attack on many targets at once and keeps the best restart.
 
@@ -841,6 +889,9 @@ def reconstruct(
     log_every_seconds: progress logging interval.
     prior: the image prior the objective's `prior_weight` weighs, shared by
       every target.
+    bn_stats: each target's BatchNorm statistics (leaves with a leading
+      `[n]` axis, e.g. `jax.vmap` of `threat.batch_statistics` over the
+      targets) that the objective's `bn_weight` matches.
 
   Returns:
     A `Result`.
@@ -853,10 +904,12 @@ def reconstruct(
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}.')
   # The prior is closed over, so vmap copies it to every target.
-  targets = jax.vmap(lambda g, y, gt: make_target(attack, g, y, gt,
-                                                 params=params, prior=prior),
-                     in_axes=(0, 0, None if ground_truth is None else 0))(
-                         grads, true_labels, ground_truth)
+  targets = jax.vmap(
+      lambda g, y, gt, bn: make_target(attack, g, y, gt, params=params,
+                                       prior=prior, bn_stats=bn),
+      in_axes=(0, 0, None if ground_truth is None else 0,
+               None if bn_stats is None else 0))(
+                   grads, true_labels, ground_truth, bn_stats)
   num_jobs = n * restarts
   job_target = np.repeat(np.arange(n), restarts)
   keys = jax.random.split(key, num_jobs)

@@ -203,7 +203,27 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-MODELS = {'lenet': LeNet, 'convnet': ConvNet, 'resnet': ResNet}
+class ResNet20(ResNet):
+  """ResNet-20 (He et al. 2016's CIFAR ResNet): 3 stages of 3 blocks, 16-64
+  channels, BatchNorm by default, as in Inverting Gradients' CIFAR victims.
+  Shortcuts that change shape are 1x1 convolutions (He et al.'s option B).
+  """
+  blocks: int = 3
+  norm: str = 'batch'
+
+
+class ResNet18(ResNet):
+  """ResNet-18 with the CIFAR stem (one 3x3 convolution, no max pooling):
+  4 stages of 2 blocks, 64-512 channels, BatchNorm by default; 11.2M
+  parameters at 100 classes.
+  """
+  widths: Sequence[int] = (64, 128, 256, 512)
+  blocks: int = 2
+  norm: str = 'batch'
+
+
+MODELS = {'lenet': LeNet, 'convnet': ConvNet, 'resnet': ResNet,
+          'resnet18': ResNet18, 'resnet20': ResNet20}
 
 
 def get_model(name: str, *, num_classes: int, activation: str | None = None,
@@ -215,7 +235,8 @@ def get_model(name: str, *, num_classes: int, activation: str | None = None,
     num_classes: number of output classes.
     activation: a name from `ACTIVATIONS`; None keeps the model's default
       (sigmoid for LeNet, ReLU otherwise).
-    norm: one of `NORMS` for the ConvNet and ResNet; None keeps 'none'.
+    norm: one of `NORMS` for the ConvNet and ResNets; None keeps the
+      model's own ('none', but 'batch' for ResNet-18 and ResNet-20).
       With 'batch' the model has state: `init_params` returns a
       `client.Victim`.
     **kwargs: other fields of the model class (e.g. `widths`).
@@ -282,6 +303,60 @@ class ModelApply:
       logits, _ = self.model.apply(variables, x, mutable=list(params.state))
       return logits
     return self.model.apply({'params': params}, x)
+
+
+def batch_norm_statistics(apply_fn: Any, params: Any,
+                          x: jax.Array) -> tuple[tuple[jax.Array, jax.Array],
+                                                 ...]:
+  """The statistics each training-mode BatchNorm takes of a batch.
+
+  For each `nn.BatchNorm` of `apply_fn`'s linen module that normalises by
+  the batch (not its running averages), in call order: the mean and the
+  biased variance of its input over every axis but the features, which is
+  what the layer normalises `x` by. A client that shares its updated
+  running statistics (FedAvg) reveals them; GradAttack's "strong" threat
+  model gives them to the attacker, and GradInversion (Yin et al. 2021)
+  matches them as a prior (`Objective.bn_weight`).
+
+  Args:
+    apply_fn: a `ModelApply` (of a linen module).
+    params: its parameters, or a `client.Victim`.
+    x: `[batch, h, w, c]` inputs.
+
+  Returns:
+    `((mean, var), ...)`, one pair of `[features]` arrays per layer; empty
+    for a model without such a layer.
+
+  Raises:
+    ValueError: `apply_fn` is not a `ModelApply`.
+  """
+  if not isinstance(apply_fn, ModelApply):
+    raise ValueError(
+        'batch_norm_statistics needs a linen model (models.make_apply_fn), '
+        f'got {type(apply_fn).__name__}.')
+  stats = []
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, nn.BatchNorm) and context.method_name == '__call__':
+      x = args[0]
+      running = nn.merge_param(
+          'use_running_average', module.use_running_average,
+          args[1] if len(args) > 1 else kwargs.get('use_running_average'))
+      if not running:
+        axes = module.axis if isinstance(module.axis, tuple) else (
+            module.axis,)
+        features = {a % x.ndim for a in axes}
+        reduce = tuple(a for a in range(x.ndim) if a not in features)
+        mean = jnp.mean(x, axis=reduce)
+        var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduce)),
+                       axis=reduce)
+        stats.append((mean, var))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    apply_fn(params, x)
+  return tuple(stats)
 
 
 def make_apply_fn(model: nn.Module) -> ModelApply:

@@ -273,7 +273,8 @@ def _sha(*arrays: Any) -> str:
 
 
 # `Attack` fields added after workdirs were written, with their defaults.
-_ADDED_FIELDS = {'schedule': 'cosine', 'signed': False, 'box': False}
+_ADDED_FIELDS = {'schedule': 'cosine', 'signed': False, 'box': False,
+                 'bn_weight': 0.0}
 
 
 def _attack_fields(attack: attack_lib.Attack) -> dict[str, Any]:
@@ -395,6 +396,8 @@ def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
                                      y, x, params=params)
     else:
       goal = attack_lib.make_target(attack, defended, y, x, params=params)
+    if attack.objective.bn_weight:
+      goal = goal._replace(bn_stats=attack.threat.batch_statistics(params, x))
     start = attack_lib.init_state(
         attack, jax.random.fold_in(
             jax.random.fold_in(base, _RESTART_STREAM), restart))
