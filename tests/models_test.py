@@ -284,6 +284,15 @@ class NormTest(parameterized.TestCase):
         models.get_model(name, num_classes=10, norm='group'), (32, 32, 3)),
                              client.Victim)
 
+  @parameterized.parameters(('relu', True), ('sigmoid', False),
+                            ('gelu', False))
+  def test_has_relu_reads_the_program(self, activation, expected):
+    model = models.get_model('convnet', num_classes=10, widths=(4,),
+                             activation=activation)
+    params = _abstract_params(model, (8, 8, 3))
+    self.assertEqual(models.has_relu(models.make_apply_fn(model), params,
+                                     (8, 8, 3)), expected)
+
   def test_bad_norm_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown norm'):
       models.get_model('convnet', num_classes=10, norm='layer')

@@ -14,6 +14,7 @@ from typing import Any
 from flax import nnx
 import flax.linen as nn
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 
 from dlg_jax.core import client
@@ -357,6 +358,29 @@ def batch_norm_statistics(apply_fn: Any, params: Any,
   with nn.intercept_methods(record):
     apply_fn(params, x)
   return tuple(stats)
+
+
+def _has_relu(jaxpr: Any) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'max' and any(
+        isinstance(v, jex_core.Literal) and v.val == 0 for v in eqn.invars):
+      return True
+    if any(_has_relu(sub) for sub in jex_core.jaxprs_in_params(eqn.params)):
+      return True
+  return False
+
+
+def has_relu(apply_fn: Callable[..., Any], params: Any,
+             image_shape: Sequence[int]) -> bool:
+  """Whether the model computes `max(x, 0)` (a ReLU) anywhere.
+
+  Read off the traced program (nothing is compiled or run), so it works for
+  any model, a user's linen or NNX module included. DLG's L-BFGS stalls on
+  such victims (see configs/ig.py and docs/victims.md), which a launcher
+  warns about.
+  """
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  return _has_relu(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
 
 
 def make_apply_fn(model: nn.Module) -> ModelApply:
