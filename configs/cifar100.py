@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 1
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'lenet'   # lenet, convnet, resnet
+  config.model.name = 'lenet'   # lenet, convnet, resnet, resnet18, resnet20
   # An activation name (sigmoid, relu, ...); unset keeps the model's own.
   config.model.activation = ml_collections.config_dict.placeholder(str)
   # Normalisation of the convnet and resnet: none, batch (BatchNorm with the
@@ -49,6 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # randomly initialised model, as the DLG paper).
   config.model.pretrain_steps = 0
   config.model.pretrain_lr = 1e-3
+  # A training workdir of experiments/train.py (configs/train.py): attack
+  # its trained weights (and BatchNorm statistics) instead of init_seed's.
+  # Its model, num_classes and image shape must be this config's.
+  config.model.checkpoint = ml_collections.config_dict.placeholder(str)
 
   # The attack's sections take their fields from here by name
   # (dlg_jax.vision.attack: Labels, Objective, Optimization, Start;

@@ -4,7 +4,9 @@
   work without changing anything on disk, then made once the checks pass.
 * `load_data`, `target_count`: the images of `config.data`, and how many of
   them are attacked.
-* `build`: the targets, the model's params and the `attack.Attack` of
+* `make_model`: the zoo model of `config.model`, checked on the images.
+* `build`: the targets, the model's params (initialised, pretrained, or
+  restored from `config.model.checkpoint`) and the `attack.Attack` of
   `config.model`, `config.client` and `config.attack`, every value checked
   before anything is compiled.
 * `defense_grid`: the `(defense, strengths)` pairs of a config section.
@@ -184,30 +186,20 @@ def check_batches(config, ds: data.Dataset) -> int:
   return count
 
 
-def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
-  """The flax model of `config.model`, checked on images of `image_shape`.
+def make_model(config, image_shape: tuple[int, ...]):
+  """The zoo model of `config.model`, checked on images of `image_shape`.
 
-  Args:
-    config: the config; reads `config.model` (and `config.data` for the
-      messages).
-    image_shape: `(h, w, c)` of the targets.
-    labels: the targets' labels, checked against `num_classes`.
+  Reads `config.model.name`, `.num_classes`, `.activation` and `.norm`;
+  shared by the attacks (`build_model`) and training
+  (`dlg_jax.pipelines.train`).
 
   Raises:
     ConfigError: naming the key at fault, before anything is compiled.
   """
-  if config.model.pretrain_steps < 0:
-    raise errors.ConfigError('config.model.pretrain_steps must be >= 0, got '
-                             f'{config.model.pretrain_steps}.')
   model = errors.under('config.model', models.get_model, config.model.name,
                        num_classes=config.model.num_classes,
                        activation=config.model.activation,
                        norm=config.model.get('norm'))
-  errors.under('config.model.num_classes', data.check_labels, labels,
-               config.model.num_classes)
-  # The records' metrics need a window that fits (metrics.ssim_window);
-  # finding out after the attack would lose it.
-  errors.under(data_key(config), metrics.ssim_window, *image_shape[:2])
   try:
     shapes = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x),
@@ -223,6 +215,36 @@ def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
         f'config.model.name: model {config.model.name!r} does not take '
         f'images of shape {image_shape}: they are too small, leaving layers '
         f'{empty} with no inputs.')
+  return model
+
+
+def build_model(config, image_shape: tuple[int, ...], labels: np.ndarray):
+  """The flax model of `config.model`, checked on images of `image_shape`.
+
+  Args:
+    config: the config; reads `config.model` (and `config.data` for the
+      messages).
+    image_shape: `(h, w, c)` of the targets.
+    labels: the targets' labels, checked against `num_classes`.
+
+  Raises:
+    ConfigError: naming the key at fault, before anything is compiled.
+  """
+  if config.model.pretrain_steps < 0:
+    raise errors.ConfigError('config.model.pretrain_steps must be >= 0, got '
+                             f'{config.model.pretrain_steps}.')
+  if config.model.get('checkpoint') and config.model.pretrain_steps:
+    raise errors.ConfigError(
+        'config.model.checkpoint: the attacked weights come from the '
+        f'checkpoint {config.model.checkpoint!r}, so '
+        f'config.model.pretrain_steps must be 0, got '
+        f'{config.model.pretrain_steps}.')
+  model = make_model(config, image_shape)
+  errors.under('config.model.num_classes', data.check_labels, labels,
+               config.model.num_classes)
+  # The records' metrics need a window that fits (metrics.ssim_window);
+  # finding out after the attack would lose it.
+  errors.under(data_key(config), metrics.ssim_window, *image_shape[:2])
   return model
 
 
@@ -298,13 +320,38 @@ def check_runner_config(config) -> None:
         f'once), got {r.max_parallel}.')
 
 
+def restore_params(config, model, image_shape: tuple[int, ...]) -> Any:
+  """The weights of the checkpoint `config.model.checkpoint`, checked.
+
+  A training workdir of `experiments/train.py` (or its `checkpoint`
+  folder); its parameters and, for a model with BatchNorm, its running
+  statistics, as `dlg_jax.vision.train.restore_model` reads them. Nothing
+  is compiled.
+
+  Raises:
+    ConfigError: naming `config.model.checkpoint`: a missing folder, a
+      damaged checkpoint, or one of another model, number of classes or
+      image shape.
+  """
+  path = config.model.checkpoint
+  params = errors.under('config.model.checkpoint', train.restore_model,
+                        path, model, config.model.name, image_shape)
+  logging.info('restored the weights of %s from %s', config.model.name,
+               train.checkpoint_dir(path))
+  return params
+
+
 def init_params(config, model, image_shape: tuple[int, ...],
                 train_x: np.ndarray, train_y: np.ndarray) -> Any:
-  """The model's weights: `config.model.init_seed`, then any pretraining.
+  """The model's weights: a checkpoint, or `init_seed` and any pretraining.
 
-  With `config.model.pretrain_steps > 0`, trained on `(train_x, train_y)`
+  With `config.model.checkpoint` set, restored from it (`restore_params`);
+  else initialised from `config.model.init_seed` and, with
+  `config.model.pretrain_steps > 0`, trained on `(train_x, train_y)`
   (`dlg_jax.vision.train`).
   """
+  if config.model.get('checkpoint'):
+    return restore_params(config, model, image_shape)
   params = models.init_params(
       model, jax.random.PRNGKey(config.model.init_seed), image_shape)
   if config.model.pretrain_steps:

@@ -144,7 +144,7 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
 
 
 # Config keys added after sweeps were first written: `(section, key)`.
-ADDED_KEYS = (('model', 'norm'),)
+ADDED_KEYS = (('model', 'norm'), ('model', 'checkpoint'))
 
 
 def fingerprint_config(config) -> dict[str, Any]:
