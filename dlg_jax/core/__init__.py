@@ -7,6 +7,7 @@ Modules:
   optim: the attack's optimisers, as optax transformations.
   parallel: meshes, sharding of independent jobs, multi-process set-up.
   npz: reading a user's npz archive without pickle.
+  checkpoint: one orbax checkpoint of parameters, state and a description.
   errors: `ConfigError`, a bad value named in one line.
   figures: JSON, reconstruction grids and line plots.
 

@@ -16,6 +16,7 @@ Modules:
   batch_study: iterations per batch size, `experiments/batch_study.py`.
   noise_bound: the linearised noise bound, `experiments/noise_bound.py`.
   text_attack: DLG on a BERT masked LM, `experiments/attack_text.py`.
+  train: a victim trained and checkpointed, `experiments/train.py`.
   benchmark: attack speed, `experiments/benchmark.py`.
   scale_benchmark: sweep throughput and memory,
     `experiments/scale_benchmark.py`.
