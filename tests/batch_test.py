@@ -296,8 +296,11 @@ class StudyTest(parameterized.TestCase):
     self.assertIsNone(row['median_iterations'])  # batch 1 never got there
     self.assertEqual(row['images_at_25db'], 3)
     self.assertEqual(row['label_accuracy'], 0.75)
+    # Records without LPIPS (written before it) leave it out.
+    self.assertIsNone(row['mean_lpips'])
     table = batch_study.markdown_table({2: row}, 30.0)
     self.assertIn('| 2 | 1/2 | not reached | 602 | 3/4 |', table)
+    self.assertTrue(table.endswith('| 2.5 | - |\n'), table)
     path = os.path.join(self.enter_context(tempfile.TemporaryDirectory()),
                         'plot.png')
     figures.save_line_plot(path, {'a': ([1, 2, 4], [10, None, 30])},
@@ -382,9 +385,10 @@ class LauncherTest(parameterized.TestCase):
     self.assertEqual([r['index'] for r in records], [0, 1])
     for r in records:
       for key in ('label', 'predicted_label', 'label_correct', 'mse', 'psnr',
-                  'ssim', 'success_step', 'seconds', 'steps'):
+                  'ssim', 'lpips', 'success_step', 'seconds', 'steps'):
         self.assertIn(key, r)
       self.assertTrue(r['label_correct'])  # analytic batch labels
+      self.assertGreaterEqual(r['lpips'], 0.0)
     self.assertEqual(results['summary']['batch_size'], 2)
     self.assertTrue(os.path.exists(os.path.join(workdir,
                                                 'reconstruction.png')))

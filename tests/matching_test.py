@@ -63,6 +63,9 @@ class MatchingTest(parameterized.TestCase):
     self.assertGreater(m.psnr[0], 90.0)
     self.assertLess(m.psnr[3], 25.0)
     self.assertAlmostEqual(m.ssim[0], 1.0, places=4)
+    self.assertLess(m.lpips[0], 1e-6)
+    # A brightness shift of 0.1 is mild to LPIPS (0.007 measured).
+    self.assertGreater(m.lpips[3], 1e-3)
     means = m.mean()
     self.assertAlmostEqual(means['label_accuracy'], 0.75)
     self.assertAlmostEqual(means['psnr'], float(np.mean(m.psnr)), places=4)
@@ -75,6 +78,33 @@ class MatchingTest(parameterized.TestCase):
     m = matching.matched_metrics(x, ref, [0, 1], [0, 1])
     np.testing.assert_array_equal(m.matched_to, [0, 1])
     np.testing.assert_array_less(90.0, m.psnr)
+
+  def test_pairs_by_lpips(self):
+    ref = self.ref[:4]
+    perm = np.array([2, 0, 3, 1])
+    noisy = np.clip(ref + 0.05 * self.rng.standard_normal(ref.shape), 0,
+                    1).astype(np.float32)
+    got = matching.match(noisy[perm], ref, by='lpips')
+    np.testing.assert_array_equal(perm[got], np.arange(4))
+    # It minimises the total LPIPS: brute force over all 3! pairings of
+    # unrelated 16x16 images (upsampled to 32x32 by metrics.lpips).
+    x = self.rng.random((3, 16, 16, 3)).astype(np.float32)
+    lp = np.asarray(matching.lpips_matrix(x, ref[:3, :16, :16]))
+    self.assertAlmostEqual(lp[1, 2], float(metrics.lpips(x[1], ref[2, :16,
+                                                                    :16])),
+                           places=5)
+    best = min(itertools.permutations(range(3)),
+               key=lambda p: sum(lp[p[i], i] for i in range(3)))
+    got = matching.match(x, ref[:3, :16, :16], by='lpips')
+    self.assertAlmostEqual(sum(lp[got[i], i] for i in range(3)),
+                           sum(lp[best[i], i] for i in range(3)), places=5)
+    # The LPIPS of each pair, under that pairing: 0 for an exact copy.
+    m = matching.matched_metrics(ref[perm], ref, [0] * 4, [0] * 4,
+                                 by='lpips')
+    np.testing.assert_array_equal(perm[m.matched_to], np.arange(4))
+    np.testing.assert_array_less(m.lpips, 1e-6)
+    with self.assertRaisesRegex(ValueError, "by must be one of.*'ssim'"):
+      matching.match(ref, ref, by='ssim')
 
   def test_bad_shapes_raise(self):
     with self.assertRaisesRegex(ValueError, 'same shape'):

@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -88,15 +89,27 @@ class SweepTest(absltest.TestCase):
       if done == 2:
         raise _Interrupt()
 
-    with self.assertRaises(_Interrupt):
+    # The first two chunks are stored as before LPIPS (no 'lpips' metric):
+    # such a workdir resumes, its old jobs' LPIPS NaN.
+    old_metrics = tuple(k for k in sweep._METRICS  # pylint: disable=protected-access
+                        if k != 'lpips')
+    with self.assertRaises(_Interrupt), mock.patch.object(
+        sweep, '_METRICS', old_metrics):
       sweep.run_sweep(attack, params, x, y, _SPEC, workdir=workdir,
                       jobs_per_device=_CHUNK, on_chunk=crash_after_two)
     ran = []
     resumed = sweep.run_sweep(attack, params, x, y, _SPEC, workdir=workdir,
                               jobs_per_device=_CHUNK,
-                              on_chunk=lambda *a: ran.append(a[0]))
+                              on_chunk=lambda *a: ran.append(a[0]),
+                              lpips=True)
     self.assertEqual(resumed.resumed_chunks, 2)
     self.assertEqual(ran, [3, 4, 5])  # Only the unfinished chunks run.
+    self.assertTrue(np.all(np.isnan(full.lpips)))  # run without lpips
+    # Jobs 0-5 (the old chunks) are records 0-2, 2 restarts each; the
+    # rest were scored, each record its winning restart's LPIPS.
+    np.testing.assert_array_equal(np.isnan(resumed.lpips),
+                                  [True, True, True, False, False, False])
+    np.testing.assert_array_less(0.0, resumed.lpips[3:])
     for field in ('x', 'distance', 'restart', 'mse', 'psnr', 'ssim',
                   'label_correct', 'strength', 'target'):
       np.testing.assert_array_equal(getattr(resumed, field),
@@ -230,8 +243,10 @@ class LauncherTest(parameterized.TestCase):
     self.assertLen(records, 3)  # gaussian x 2 + float16, 1 image
     for r in records:
       for key in ('defense', 'strength', 'index', 'mse', 'psnr', 'ssim',
-                  'label_correct', 'seconds'):
+                  'lpips', 'label_correct', 'seconds'):
         self.assertIn(key, r)
+      self.assertIsInstance(r['lpips'], float)
+      self.assertGreaterEqual(r['lpips'], 0.0)
     self.assertEqual([(r['defense'], r['strength']) for r in records],
                      [('gaussian', 1e-4), ('gaussian', 0.1), ('float16', 0.0)])
     with open(os.path.join(workdir, 'results.json')) as f:
@@ -241,7 +256,9 @@ class LauncherTest(parameterized.TestCase):
       self.assertGreater(os.path.getsize(os.path.join(workdir, name)), 0,
                          msg=name)
     with open(os.path.join(workdir, 'table.csv')) as f:
-      self.assertLen(f.read().strip().splitlines(), 4)
+      lines = f.read().strip().splitlines()
+    self.assertLen(lines, 4)
+    self.assertTrue(lines[0].endswith(',accuracy,mean_lpips'), lines[0])
     self.assertIsNone(results['summary']['utility'])
 
   def test_utility_beside_the_leak(self):

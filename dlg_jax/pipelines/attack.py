@@ -29,7 +29,7 @@ from dlg_jax.vision import matching
 from dlg_jax.vision import metrics
 
 # The `dlg_jax.vision.metrics` functions of each record, under the best pairing.
-IMAGE_METRICS = ('mse', 'psnr', 'ssim')
+IMAGE_METRICS = ('mse', 'psnr', 'ssim', 'lpips')
 
 
 class Setup(NamedTuple):
@@ -142,12 +142,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _score_each(recon: jax.Array, ref: jax.Array, labels: jax.Array,
-                true_labels: jax.Array):
+                true_labels: jax.Array, by: str):
   """`score_target` one pairing, metric and image at a time."""
   batch = ref.shape[0]
   failed = [{} for _ in range(batch)]
   try:
-    perm = matching.match(recon, ref)
+    perm = matching.match(recon, ref, by=by)
   except Exception as e:  # pylint: disable=broad-except
     # Slot k stays with original k, as for a batch of one.
     perm = np.arange(batch)
@@ -174,7 +174,7 @@ def _score_each(recon: jax.Array, ref: jax.Array, labels: jax.Array,
 
 
 def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
-                 true_labels: jax.Array
+                 true_labels: jax.Array, *, by: str = 'psnr'
                  ) -> tuple[np.ndarray, dict[str, list[float | None]],
                             np.ndarray, list[dict[str, str]]]:
   """Scores one target's reconstructions, keeping what can be computed.
@@ -190,14 +190,21 @@ def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
     ref: originals `[batch, h, w, c]`.
     labels: `[batch]` the attacker's label of each reconstruction slot.
     true_labels: `[batch]` the originals' labels.
+    by: what to pair by, one of `matching.PAIR_BY` ('psnr', the default,
+      or 'lpips').
 
   Returns:
     `(matched_to [batch], {metric: [batch] values or None},
     label_correct [batch], [batch] {metric: error} of the failures)`.
+
+  Raises:
+    ValueError: `by` is not one of `matching.PAIR_BY`.
   """
+  if by not in matching.PAIR_BY:
+    raise ValueError(f'by must be one of {matching.PAIR_BY}, got {by!r}.')
   batch = ref.shape[0]
   try:
-    m = matching.matched_metrics(recon, ref, labels, true_labels)
+    m = matching.matched_metrics(recon, ref, labels, true_labels, by=by)
     return (m.matched_to,
             {name: [float(v) for v in getattr(m, name)]
              for name in IMAGE_METRICS},
@@ -205,7 +212,7 @@ def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('scoring a target failed (%s: %s); scoring each metric '
                     'and image on its own', type(e).__name__, e)
-  return _score_each(recon, ref, labels, true_labels)
+  return _score_each(recon, ref, labels, true_labels, by)
 
 
 def _target_records(ds: data.Dataset, result: attack_lib.Result,
@@ -242,8 +249,9 @@ def _target_records(ds: data.Dataset, result: attack_lib.Result,
       records[-1]['metric_errors'] = failed[k]
     logging.info(
         'batch %d image %d (index %d, slot %d): PSNR %s dB, SSIM %s, '
-        'label %s, %d steps, %.2f s', t, k, ds.index[i], slot,
+        'LPIPS %s, label %s, %d steps, %.2f s', t, k, ds.index[i], slot,
         _fmt(scores['psnr'][k], '.2f'), _fmt(scores['ssim'][k], '.3f'),
+        _fmt(scores['lpips'][k], '.3f'),
         'correct' if label_correct[k] else 'WRONG', result.steps[t],
         result.seconds[t])
   return records, perm
@@ -339,13 +347,22 @@ def _stat(fn, values) -> float | None:
   return fn(values) if values else None
 
 
+def _stdev(values) -> float | None:
+  """The sample standard deviation (n - 1); None for fewer than 2 values."""
+  values = [v for v in values if v is not None]
+  return statistics.stdev(values) if len(values) > 1 else None
+
+
 def summarize(records: list[dict[str, Any]], success_psnr: float,
               compile_seconds: float, *,
               compiles: int | None = None) -> dict[str, Any]:
   """Aggregates per-image records (and, for batches, per batch).
 
-  A metric that failed on a record (None) is left out of its means; such a
-  record is not a success.
+  A metric that failed on a record (None) is left out of its means and
+  standard deviations; such a record is not a success. The standard
+  deviations (`std_psnr`, `std_ssim`, `std_lpips`) are over images, the
+  sample one (n - 1), None where fewer than two images have the metric.
+  Records written before LPIPS (no `lpips` key) count as a failed LPIPS.
   """
   def success(r):
     return (r['psnr'] is not None and r['psnr'] >= success_psnr
@@ -366,6 +383,11 @@ def summarize(records: list[dict[str, Any]], success_psnr: float,
       'mean_psnr': _stat(statistics.mean, [r['psnr'] for r in records]),
       'median_psnr': _stat(statistics.median, [r['psnr'] for r in records]),
       'mean_ssim': _stat(statistics.mean, [r['ssim'] for r in records]),
+      'mean_lpips': _stat(statistics.mean,
+                          [r.get('lpips') for r in records]),
+      'std_psnr': _stdev(r['psnr'] for r in records),
+      'std_ssim': _stdev(r['ssim'] for r in records),
+      'std_lpips': _stdev(r.get('lpips') for r in records),
       'median_seconds': statistics.median(r['seconds'] for r in records),
       'median_seconds_to_success': (
           statistics.median(to_success) if to_success else None),

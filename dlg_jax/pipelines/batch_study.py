@@ -35,6 +35,16 @@ from dlg_jax.vision import models
 PAPER_ITERATIONS = {1: 270, 2: 602, 4: 1173, 8: 2711}
 
 
+def _mean(values: list[float | None]) -> float | None:
+  values = [v for v in values if v is not None]
+  return statistics.mean(values) if values else None
+
+
+def _stdev(values: list[float | None]) -> float | None:
+  values = [v for v in values if v is not None]
+  return statistics.stdev(values) if len(values) > 1 else None
+
+
 def summarize_batch_size(results: dict[str, Any], success_psnr: float
                          ) -> dict[str, Any]:
   """One row of the study from one `results.json`."""
@@ -53,7 +63,13 @@ def summarize_batch_size(results: dict[str, Any], success_psnr: float
                             if len(reached) == len(steps) else None),
       'max_iterations': max(reached) if len(reached) == len(steps) else None,
       'mean_psnr': statistics.mean(r['psnr'] for r in records),
+      # Sample standard deviation over images; None for a single image.
+      'std_psnr': _stdev([r['psnr'] for r in records]),
       'min_psnr': min(r['psnr'] for r in records),
+      # LPIPS (AlexNet) over the images that have it: None where none has
+      # (results written before LPIPS, or where it failed).
+      'mean_lpips': _mean([r.get('lpips') for r in records]),
+      'std_lpips': _stdev([r.get('lpips') for r in records]),
       'images_at_25db': sum(r['psnr'] >= 25.0 for r in records),
       'images_at_success_psnr': sum(r['psnr'] >= success_psnr
                                     for r in records),
@@ -64,14 +80,18 @@ def summarize_batch_size(results: dict[str, Any], success_psnr: float
   }
 
 
+def _cell(value: float | None, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
 def markdown_table(rows: dict[int, dict[str, Any]],
                    success_psnr: float) -> str:
   """The study as a Markdown table, one row per batch size."""
   lines = [
       f'| batch | batches at {success_psnr:g} dB | median iterations to '
       f'{success_psnr:g} dB | DLG paper | images >= 25 dB | mean / min PSNR '
-      '(dB) | label accuracy | median seconds per batch |',
-      '|---|---|---|---|---|---|---|---|']
+      '(dB) | label accuracy | median seconds per batch | mean LPIPS |',
+      '|---|---|---|---|---|---|---|---|---|']
   for b, row in sorted(rows.items()):
     its = row['median_iterations']
     lines.append(
@@ -80,7 +100,8 @@ def markdown_table(rows: dict[int, dict[str, Any]],
         f'{PAPER_ITERATIONS.get(b, "")} | '
         f'{row["images_at_25db"]}/{row["images"]} | '
         f'{row["mean_psnr"]:.1f} / {row["min_psnr"]:.1f} | '
-        f'{row["label_accuracy"]:.0%} | {row["median_seconds"]:.1f} |')
+        f'{row["label_accuracy"]:.0%} | {row["median_seconds"]:.1f} | '
+        f'{_cell(row.get("mean_lpips"), ".3f")} |')
   return '\n'.join(lines) + '\n'
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 
 from dlg_jax.core import defenses as defenses_lib
 from dlg_jax.core import errors
@@ -100,9 +101,15 @@ def progress_logger(spec: sweep_lib.SweepSpec, num_jobs: int):
   return on_chunk
 
 
+def _mean_lpips(records: list[dict[str, Any]]) -> float | None:
+  """Mean LPIPS of the records that have it; None if none does."""
+  values = [r['lpips'] for r in records if r.get('lpips') is not None]
+  return statistics.mean(values) if values else None
+
+
 def summarize(records: list[dict[str, Any]],
               success_psnr: float) -> list[dict[str, Any]]:
-  """Mean PSNR, SSIM and success rate per (defense, strength)."""
+  """Mean PSNR, SSIM, LPIPS and success rate per (defense, strength)."""
   groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
   for r in records:
     groups.setdefault((r['defense'], r['strength']), []).append(r)
@@ -110,6 +117,7 @@ def summarize(records: list[dict[str, Any]],
       'defense': d, 'strength': s, 'count': len(rs),
       'mean_psnr': statistics.mean(r['psnr'] for r in rs),
       'mean_ssim': statistics.mean(r['ssim'] for r in rs),
+      'mean_lpips': _mean_lpips(rs),
       'success_rate': statistics.mean(
           r['psnr'] >= success_psnr and r['label_correct'] for r in rs),
       'label_accuracy': statistics.mean(r['label_correct'] for r in rs),
@@ -122,7 +130,8 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
                  baseline_accuracy: float | None = None) -> None:
   """table.csv and table.md: the leak, and the utility when measured."""
   cols = ('defense', 'strength', 'count', 'mean_psnr', 'mean_ssim',
-          'success_rate', 'label_accuracy', 'mean_seconds', 'accuracy')
+          'success_rate', 'label_accuracy', 'mean_seconds', 'accuracy',
+          'mean_lpips')
   with open(os.path.join(workdir, 'table.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=cols)
     writer.writeheader()
@@ -241,7 +250,7 @@ def run_locked(config, workdir: str, spec: sweep_lib.SweepSpec,
       max_jobs_per_device=cfg.max_jobs_per_device,
       keep_images=min(targets, cfg.grid_images),
       extra_fingerprint=extra, workdir_lock=lock,
-      on_chunk=progress_logger(spec, num_jobs))
+      on_chunk=progress_logger(spec, num_jobs), lpips=True)
   wall = time.perf_counter() - start
   logging.info('%d jobs per device, %d compiles', result.jobs_per_device,
                result.compiles)
@@ -270,6 +279,9 @@ def records_of(ds: data.Dataset,
       'mse': float(result.mse[i]),
       'psnr': float(result.psnr[i]),
       'ssim': float(result.ssim[i]),
+      # None for chunks resumed from a workdir written before LPIPS.
+      'lpips': (None if np.isnan(result.lpips[i])
+                else float(result.lpips[i])),
       'label_correct': bool(result.label_correct[i]),
       'seconds': float(result.seconds[i]),
       'distance': float(result.distance[i]),

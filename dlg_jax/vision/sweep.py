@@ -154,6 +154,10 @@ class SweepResult(NamedTuple):
     restart: `[m]` which restart won.
     mse, psnr, ssim: `[m]` image metrics of the winning reconstruction
       (clipped to [0, 1]) against the ground truth.
+    lpips: `[m]` its LPIPS (`metrics.lpips`, AlexNet) against the ground
+      truth, computed on the host from each chunk's reconstructions (not in
+      the compiled attack); NaN where `run_sweep` ran without `lpips`, or
+      for chunks resumed from a workdir written before LPIPS.
     label_correct: `[m]` whether the attacker's label is the true one.
     seconds: `[m]` attack wall time, all restarts, compile excluded (a
       chunk's time shared among its jobs).
@@ -179,6 +183,7 @@ class SweepResult(NamedTuple):
   mse: np.ndarray
   psnr: np.ndarray
   ssim: np.ndarray
+  lpips: np.ndarray
   label_correct: np.ndarray
   seconds: np.ndarray
   compile_seconds: float
@@ -421,7 +426,18 @@ def _job_fn(attack: attack_lib.Attack, defense_name: str, defense_index: int,
   return jax.vmap(job, in_axes=(0, 0, 0, 0, 0, 0, None))
 
 
-_METRICS = ('distance', 'mse', 'psnr', 'ssim', 'label_correct', 'seconds')
+_METRICS = ('distance', 'mse', 'psnr', 'ssim', 'lpips', 'label_correct',
+            'seconds')
+
+
+def _chunk_metrics(parts: list[dict[str, np.ndarray]]
+                   ) -> dict[str, np.ndarray]:
+  """`_METRICS` of stored chunks; NaN LPIPS for chunks stored before it."""
+  def column(part, k):
+    if k == 'lpips' and k not in part:
+      return np.full(len(part['psnr']), np.nan, np.float32)
+    return part[k]
+  return {k: np.concatenate([column(p, k) for p in parts]) for k in _METRICS}
 
 
 class _MemoryStore:
@@ -441,8 +457,7 @@ class _MemoryStore:
     self.done = chunk.stop
 
   def all_metrics(self) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([m[k] for m in self.metrics])
-            for k in _METRICS}
+    return _chunk_metrics(self.metrics)
 
   def all_images(self) -> tuple[np.ndarray, np.ndarray] | None:
     if not self.images:
@@ -590,7 +605,7 @@ class _OrbaxStore(_MemoryStore):
 
   def all_metrics(self) -> dict[str, np.ndarray]:
     parts = [self._restore(s, 'job_metrics') for s in self.steps]
-    return {k: np.concatenate([p[k] for p in parts]) for k in _METRICS}
+    return _chunk_metrics(parts)
 
   def all_images(self) -> tuple[np.ndarray, np.ndarray] | None:
     parts = [self._restore(s, 'images') for s in self.steps
@@ -760,6 +775,7 @@ def run_sweep(
     extra_fingerprint: dict[str, Any] | None = None,
     workdir_lock: WorkdirLock | None = None,
     on_chunk: Callable[[int, int, Chunk, float], None] | None = None,
+    lpips: bool = False,
 ) -> SweepResult:
   """Runs every job of `spec` on images `x`, resuming from `workdir`.
 
@@ -791,6 +807,10 @@ def run_sweep(
     on_chunk: called after each chunk is run and saved, as
       `on_chunk(chunks_done, num_chunks, chunk, seconds)`; for progress
       logs (and for tests, to interrupt a run).
+    lpips: also score every job's reconstruction by LPIPS
+      (`metrics.lpips_batch`, on the host after each chunk, outside the
+      compiled attack and its timing); False stores NaN. Not part of the
+      fingerprint: a workdir resumes either way.
 
   Returns:
     A `SweepResult`.
@@ -845,6 +865,10 @@ def run_sweep(
       size = chunk.stop - chunk.start
       out = {k: np.asarray(v)[:size] for k, v in out.items()}
       out['seconds'] = np.full(size, seconds / size, np.float32)
+      out['lpips'] = (
+          np.asarray(metrics.lpips_batch(np.clip(out['x'][:, 0], 0.0, 1.0),
+                                         xs[jobs['image']]))
+          if lpips else np.full(size, np.nan, np.float32))
       kept = jobs['target'] < keep
       store.append(chunk, {k: out[k] for k in _METRICS},
                    np.arange(chunk.start, chunk.stop)[kept], out['x'][kept])
@@ -971,7 +995,8 @@ def _reduce(spec: SweepSpec, n: int, store: _MemoryStore, keep: int,
       image=pick(jobs['image']), x=x, x_record=x_record,
       distance=pick(arrays['distance']), restart=winner,
       mse=pick(arrays['mse']), psnr=pick(arrays['psnr']),
-      ssim=pick(arrays['ssim']), label_correct=pick(arrays['label_correct']),
+      ssim=pick(arrays['ssim']), lpips=pick(arrays['lpips']),
+      label_correct=pick(arrays['label_correct']),
       seconds=group(arrays['seconds']).sum(axis=1),
       compile_seconds=compile_seconds, resumed_chunks=store.resumed_chunks,
       resumed_jobs=resumed_jobs, num_devices=devices,
