@@ -1,6 +1,7 @@
 """End-to-end tests of the vision attack, dlg_jax/pipelines/attack.py.
 
-The launcher, experiments/attack.py, is run as a command once.
+The launcher, experiments/attack.py, is run as a command twice (a bad npz,
+a bad checkpoint).
 
 Also the text launcher's refusal of unreadable npz files, which shares the
 vision loader's checks.
@@ -20,13 +21,19 @@ import numpy as np
 
 from configs import bert as bert_config
 from configs import cifar100 as cifar100_config
+from configs import defenses as defenses_config
+from configs import ig as ig_config
 from configs import mnist as mnist_config
+from dlg_jax.core import client
 from dlg_jax.core import errors
 from dlg_jax.pipelines import attack as attack_pipeline
 from dlg_jax.pipelines import common
+from dlg_jax.pipelines import sweep as sweep_pipeline
 from dlg_jax.pipelines import text_attack as text_pipeline
 from dlg_jax.vision import data
 from dlg_jax.vision import metrics
+from dlg_jax.vision import models
+from dlg_jax.vision import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,14 +85,23 @@ class QuickRunTest(absltest.TestCase):
     records = results['records']
     self.assertLen(records, 2)
     for r in records:
-      for key in ('index', 'mse', 'psnr', 'ssim', 'label_correct', 'seconds'):
+      for key in ('index', 'mse', 'psnr', 'ssim', 'lpips', 'label_correct',
+                  'seconds'):
         self.assertIn(key, r)
       # Real MNIST digits through the DLG LeNet come back near exactly.
       self.assertGreaterEqual(r['psnr'], 30.0)
       self.assertGreater(r['ssim'], 0.95)
+      # LPIPS (AlexNet, the 28x28 digits upsampled to 32x32): two different
+      # bundled digits are 0.02 to 0.25 apart.
+      self.assertBetween(r['lpips'], 0.0, 0.01)
       self.assertTrue(r['label_correct'])
       self.assertTrue(np.isfinite(r['seconds']) and r['seconds'] > 0)
-    self.assertEqual(results['summary']['successes'], 2)
+    summary = results['summary']
+    self.assertEqual(summary['successes'], 2)
+    self.assertAlmostEqual(summary['mean_lpips'],
+                           np.mean([r['lpips'] for r in records]))
+    self.assertAlmostEqual(summary['std_psnr'],
+                           np.std([r['psnr'] for r in records], ddof=1))
 
     with open(os.path.join(workdir, 'results.json')) as f:
       self.assertEqual(json.load(f), json.loads(json.dumps(results)))
@@ -130,8 +146,12 @@ class SmallImagesTest(absltest.TestCase):
     for r in written['records']:
       self.assertIsInstance(r['ssim'], float)
       self.assertTrue(-1.0 <= r['ssim'] <= 1.0)
+      # 7x7 images are upsampled to 32x32 for LPIPS.
+      self.assertIsInstance(r['lpips'], float)
+      self.assertGreaterEqual(r['lpips'], 0.0)
       self.assertNotIn('metric_errors', r)
     self.assertIsInstance(written['summary']['mean_ssim'], float)
+    self.assertIsInstance(written['summary']['mean_lpips'], float)
     with open(os.path.join(workdir, 'out', 'config.json')) as f:
       self.assertIsNone(json.load(f)['data']['count'])
 
@@ -167,7 +187,11 @@ class SmallImagesTest(absltest.TestCase):
     for r in (first, failed):
       self.assertIsInstance(r['psnr'], float)
       self.assertIsInstance(r['mse'], float)
+      self.assertIsInstance(r['lpips'], float)
     self.assertEqual(written['summary']['mean_ssim'], first['ssim'])
+    # One SSIM left: no spread over images.
+    self.assertIsNone(written['summary']['std_ssim'])
+    self.assertIsInstance(written['summary']['std_lpips'], float)
     self.assertTrue(os.path.exists(
         os.path.join(workdir, 'out', 'reconstruction.png')))
 
@@ -229,6 +253,20 @@ class BadInputTest(parameterized.TestCase):
     with self.assertRaisesRegex(Exception, message):
       attack_pipeline.run(config, workdir)
     self.assertFalse(os.path.exists(os.path.join(workdir, 'results.json')))
+
+  @parameterized.named_parameters(
+      ('bn_prior_without_batchnorm', {'attack.bn_weight': 0.01},
+       r'^config\.attack\.bn_weight: .*no training-mode BatchNorm'),
+      ('box_with_lbfgs', {'attack.optimizer': 'lbfgs'},
+       r'^config\.attack\.schedule: applies to optimizer "adam" only'),
+  )
+  def test_bad_ig_config_names_the_key(self, overrides, message):
+    workdir = os.path.join(
+        self.enter_context(tempfile.TemporaryDirectory()), 'new')
+    config = _override(ig_config.get_config('quick'), overrides)
+    with self.assertRaisesRegex(errors.ConfigError, message):
+      attack_pipeline.run(config, workdir)
+    self.assertFalse(os.path.exists(workdir))
 
   @parameterized.named_parameters(
       ('empty', 'empty'), ('text', 'text'), ('truncated_zip', 'truncated'),
@@ -341,6 +379,95 @@ class BadInputTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, '--workdir .*is a URL'):
       common.check_workdir('gs://bucket/run')
     self.assertFalse(os.path.exists('gs:'))
+
+
+class CheckpointFlagTest(parameterized.TestCase):
+  """`--config.model.checkpoint`: the attack of saved weights."""
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = self.enter_context(tempfile.TemporaryDirectory())
+    # A training workdir of the DLG LeNet with weights that are not
+    # init_seed's: drawn here, from the same uniform(-0.5, 0.5).
+    self.train_dir = os.path.join(self.tmp, 'train')
+    model = models.get_model('lenet', num_classes=10)
+    shapes = jax.eval_shape(
+        lambda: models.init_params(model, jax.random.key(0), (28, 28, 1)))
+    rng = np.random.default_rng(7)
+    self.params = jax.tree.map(
+        lambda s: rng.uniform(-0.5, 0.5, s.shape).astype(s.dtype), shapes)
+    train.save_model(os.path.join(self.train_dir, train.CHECKPOINT_DIR),
+                     model, 'lenet', (28, 28, 1), self.params)
+    self.apply_fn = models.make_apply_fn(model)
+
+  def test_attack_uses_the_checkpoint_weights(self):
+    workdir = os.path.join(self.tmp, 'attack')
+    config = _override(mnist_config.get_config('quick'),
+                       {'model.checkpoint': self.train_dir})
+    setup = attack_pipeline.prepare(config, workdir)
+    for a, b in zip(jax.tree.leaves(setup.params),
+                    jax.tree.leaves(self.params)):
+      np.testing.assert_array_equal(a, b)
+    # The shared gradient is the client's gradient under those weights.
+    x, y, grads = attack_pipeline.shared_gradients(setup)
+    by_hand = jax.jit(client.gradient, static_argnums=0)(
+        self.apply_fn, self.params, x[1], jax.nn.one_hot(y[1], 10))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(by_hand)):
+      np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-6)
+    # The attack itself, given the params and gradients, is QuickRunTest's.
+    with open(os.path.join(workdir, 'config.json')) as f:
+      self.assertEqual(json.load(f)['model']['checkpoint'], self.train_dir)
+
+  @parameterized.named_parameters(
+      ('missing', 'mnist', {'model.checkpoint': '/nonexistent/run'},
+       'no checkpoint folder at /nonexistent/run'),
+      ('not_a_checkpoint', 'mnist', {'model.checkpoint': 'EMPTY'},
+       'is not a dlg_jax checkpoint'),
+      ('another_model', 'mnist', {'model.name': 'convnet'},
+       "another model .*module 'LeNet' != 'ConvNet'"),
+      ('another_num_classes', 'mnist', {'model.num_classes': 100},
+       'another model .*num_classes 10 != 100'),
+      ('another_image_shape', 'svhn', {},
+       r'another model .*image_shape \[28, 28, 1\] != \[32, 32, 3\]'),
+      ('with_pretraining', 'mnist', {'model.pretrain_steps': 10},
+       'pretrain_steps must be 0'),
+  )
+  def test_bad_checkpoint_is_one_line_before_compiling(self, source,
+                                                       overrides, message):
+    overrides = {'model.checkpoint': self.train_dir, **overrides}
+    if overrides['model.checkpoint'] == 'EMPTY':
+      overrides['model.checkpoint'] = self.tmp
+    config = _override(mnist_config.get_config('quick'), {
+        'data.source': source, **overrides})
+    workdir = os.path.join(self.tmp, 'new', 'attack')
+    with self.assertRaisesRegex(errors.ConfigError,
+                                rf'^config\.model\.checkpoint: .*{message}'):
+      attack_pipeline.run(config, workdir)
+    self.assertFalse(os.path.exists(os.path.dirname(workdir)))
+
+  def test_command_line_bad_checkpoint_is_one_line(self):
+    workdir = os.path.join(self.tmp, 'out')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.attack',
+         '--config=configs/mnist.py:quick', f'--workdir={workdir}',
+         '--config.model.checkpoint=/nonexistent/run'],
+        cwd=_REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    self.assertNotIn('Traceback', proc.stderr)
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    self.assertRegex(last, r'error: config\.model\.checkpoint: .*'
+                     '/nonexistent/run')
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_an_unset_checkpoint_keeps_sweep_fingerprints(self):
+    config = defenses_config.get_config()
+    self.assertNotIn('checkpoint', sweep_pipeline.fingerprint_config(
+        config)['model'])
+    config.model.checkpoint = self.train_dir
+    self.assertEqual(
+        sweep_pipeline.fingerprint_config(config)['model']['checkpoint'],
+        self.train_dir)
 
 
 if __name__ == '__main__':

@@ -273,11 +273,18 @@ def reconstruct(config, setup: Setup
                'with %s', jax.device_count(), len(ds.x), ds.name,
                ds.x.shape[1:], num_targets, batch, config.model.name)
   x, y, grads = shared_gradients(setup)
+  bn_stats = None
+  if attack_.objective.bn_weight:
+    # GradAttack's strong threat: the attacker knows each client batch's
+    # BatchNorm statistics too.
+    bn_stats = jax.jit(jax.vmap(
+        lambda xb: attack_.threat.batch_statistics(setup.params, xb)))(x)
   result = attack_lib.reconstruct(
       attack_, setup.params, grads, y, jax.random.PRNGKey(config.seed),
       restarts=config.attack.restarts, ground_truth=x,
       chunk_size=config.runner.chunk_size,
-      max_parallel=config.runner.max_parallel, prior=setup.prior)
+      max_parallel=config.runner.max_parallel, prior=setup.prior,
+      bn_stats=bn_stats)
   records, perms = [], []
   for t in range(num_targets):
     mine, perm = _target_records(ds, result, t, batch, x, y)

@@ -397,8 +397,35 @@ def build(config, ds: data.Dataset
   batch = config.data.batch_size
   attack = make_attack(config, model, image_shape, batch)
   check_runner_config(config)
+  check_victim(attack, model, image_shape)
   params = init_params(config, model, image_shape, train_x, train_y)
   return ds, params, attack
+
+
+def check_victim(attack: attack_lib.Attack, model,
+                 image_shape: tuple[int, ...]) -> None:
+  """What the attack needs of the victim, read off its traced program.
+
+  Raises:
+    ConfigError: `config.attack.bn_weight` > 0 on a model without a
+      training-mode BatchNorm layer (nothing to match).
+  """
+  params = jax.eval_shape(
+      lambda: models.init_params(model, jax.random.key(0), image_shape))
+  x = jax.ShapeDtypeStruct((attack.batch, *image_shape), jnp.float32)
+  if attack.objective.bn_weight and not jax.eval_shape(
+      lambda p, x: models.batch_norm_statistics(attack.threat.apply_fn, p, x),
+      params, x):
+    raise errors.ConfigError(
+        f'config.attack.bn_weight: {attack.objective.bn_weight} weighs a '
+        'BatchNorm-statistics prior, but the model has no training-mode '
+        'BatchNorm layer (config.model.norm=batch has).')
+  if (attack.optimization.optimizer != 'adam'
+      and models.has_relu(attack.threat.apply_fn, params, image_shape)):
+    logging.warning(
+        'The victim computes ReLUs: DLG\'s L-BFGS stalls on them (a ReLU '
+        'ConvNet ends at 11-21 dB on CIFAR-100, docs/victims.md); '
+        'configs/ig.py is the attack the field uses on such victims.')
 
 
 def _is_orbax_info(record: py_logging.LogRecord) -> bool:
