@@ -12,6 +12,8 @@ import numpy as np
 
 from configs import defenses as defenses_config
 from dlg_jax.pipelines import sweep as sweep_pipeline
+from dlg_jax.vision import attack as attack_lib
+from dlg_jax.vision import models
 from dlg_jax.vision import sweep
 from tests import parallel_worker
 
@@ -319,6 +321,27 @@ class LauncherTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'config.data.batch_size'):
       sweep_pipeline.run(
           config, self.enter_context(tempfile.TemporaryDirectory()))
+
+
+class FingerprintTest(absltest.TestCase):
+
+  def test_fields_added_at_their_defaults_keep_old_fingerprints(self):
+    # The value at d9a3d4f, before Adam's schedule / signed / box and the
+    # BatchNorm prior's weight: a workdir written then still resumes.
+    atk = attack_lib.make(
+        apply_fn=models.make_apply_fn(models.get_model('lenet',
+                                                       num_classes=10)),
+        image_shape=(8, 8, 1), num_classes=10, optimizer='adam',
+        tv_weight=0.01)
+    args = ({'w': np.ones(3, np.float32)}, np.zeros((1, 8, 8, 1), np.float32),
+            np.zeros(1, np.int32),
+            sweep.SweepSpec(defenses=(('gaussian', (0.0, 0.1)),)))
+    self.assertEqual(
+        sweep.fingerprint(atk, *args),
+        '71fed6fbc734cff6a2498631a272653f831170e298d9879022566b4136f5ad62')
+    self.assertNotEqual(
+        sweep.fingerprint(attack_lib.replace(atk, signed=True), *args),
+        sweep.fingerprint(atk, *args))
 
 
 if __name__ == '__main__':
