@@ -313,9 +313,18 @@ class StudyTest(parameterized.TestCase):
 
   def test_label_overlap_and_comparison_table(self):
     # Labels are multisets: a repeated label counts as often as it is right.
-    self.assertEqual(batch_study.label_overlap([3, 3, 5], [5, 3, 7]), 2)
-    self.assertEqual(batch_study.label_overlap([3, 3, 5], [3, 5, 3]), 3)
-    self.assertEqual(batch_study.label_overlap(np.array([1, 1]), [1, 2]), 1)
+    self.assertEqual(labels.multiset_overlap([3, 3, 5], [5, 3, 7]), 2)
+    self.assertEqual(labels.multiset_overlap([3, 3, 5], [3, 5, 3]), 3)
+    self.assertEqual(labels.multiset_overlap(np.array([1, 1]), [1, 2]), 1)
+    # The attack's summary: under the pairing only the second slot is
+    # right; as multisets two of three are.
+    records = [dict(label=t, predicted_label=p, label_correct=t == p,
+                    psnr=20.0, ssim=0.5, lpips=0.1, seconds=1.0,
+                    seconds_to_success=None, batch=0)
+               for t, p in ((3, 5), (3, 3), (5, 7))]
+    summary = attack_pipeline.summarize(records, 30.0, 0.0)
+    self.assertAlmostEqual(summary['label_accuracy'], 1 / 3)
+    self.assertAlmostEqual(summary['label_multiset_accuracy'], 2 / 3)
     rows = {2: {'joint': {'accuracy': 0.75, 'exact': 0.5},
                 'count': {'accuracy': 1.0, 'exact': 1.0}, 'batches': 2,
                 'joint_mean_psnr': 21.04}}

@@ -10,7 +10,6 @@ batch size); with `config.study.label_sets`, `labels.json` and `labels.md`
 joint labels against those read off the gradient).
 """
 
-import collections
 import os
 import statistics
 from typing import Any
@@ -194,12 +193,6 @@ def label_table(study: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def label_overlap(predicted, true) -> int:
-  """How many labels of a batch are right, as multisets (order is lost)."""
-  return sum((collections.Counter(np.asarray(predicted).tolist())
-              & collections.Counter(np.asarray(true).tolist())).values())
-
-
 def check_comparison(config) -> None:
   """Errors naming the key, before any work."""
   if config.client.local_steps != 1:
@@ -261,9 +254,9 @@ def compare_labels(config, b: int, workdir: str) -> dict[str, Any]:
   # The same model and batches as the attack: labels read off their
   # gradients.
   got.update(analytic_labels(setup, b))
-  row = {m: {'accuracy': sum(label_overlap(p, t) for p, t in pairs)
+  row = {m: {'accuracy': sum(labels.multiset_overlap(p, t) for p, t in pairs)
                          / (b * len(pairs)),
-             'exact': statistics.mean(float(label_overlap(p, t) == b)
+             'exact': statistics.mean(float(labels.multiset_overlap(p, t) == b)
                                       for p, t in pairs)}
          for m, pairs in got.items()}
   row.update(batches=len(batches), joint_mean_psnr=statistics.mean(

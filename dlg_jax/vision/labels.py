@@ -5,10 +5,12 @@ labels of a batch: `yin_labels` when they are distinct, `label_counts` with
 repeated labels too.
 """
 
+import collections
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlg_jax.core import client
 
@@ -274,3 +276,14 @@ def batch_labels(grads: Any, num_classes: int, batch: int, *,
     return yin_labels(grads, num_classes, batch)
   return counts_to_labels(
       label_counts(grads, num_classes, batch, params), batch)
+
+
+def multiset_overlap(predicted: Any, true: Any) -> int:
+  """How many labels of a batch are right as multisets (order is lost).
+
+  The batch label accuracy of the field (e.g. Yin et al. 2021): the
+  reconstructions' order says nothing, so `[3, 3, 5]` against `[5, 3, 7]`
+  gets 2 right.
+  """
+  return sum((collections.Counter(np.asarray(predicted).tolist())
+              & collections.Counter(np.asarray(true).tolist())).values())
