@@ -96,6 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # reconstruction figure shows.
   config.attack.restarts = 1
   config.attack.snapshot_steps = (0, 10, 20, 50, 100, 200, 500, 1000)
+  # How a batch's reconstructions are paired with its originals for the
+  # records (dlg_jax.vision.matching): psnr or lpips; unset is psnr.
+  config.attack.pair_by = ml_collections.config_dict.placeholder(str)
 
   config.success_psnr = 30.0
 

@@ -383,7 +383,8 @@ class LauncherTest(parameterized.TestCase):
     workdir = self.enter_context(tempfile.TemporaryDirectory())
     config = self._config(**{'attack.num_steps': 30,
                              'runner.chunk_size': 30,
-                             'attack.snapshot_steps': (0, 10)})
+                             'attack.snapshot_steps': (0, 10),
+                             'attack.pair_by': 'lpips'})
     results = attack_pipeline.run(config, workdir)
     with open(os.path.join(workdir, 'results.json')) as f:
       self.assertEqual(json.load(f), json.loads(json.dumps(results)))
@@ -399,6 +400,7 @@ class LauncherTest(parameterized.TestCase):
       self.assertTrue(r['label_correct'])  # analytic batch labels
       self.assertGreaterEqual(r['lpips'], 0.0)
     self.assertEqual(results['summary']['batch_size'], 2)
+    self.assertEqual(results['summary']['label_multiset_accuracy'], 1.0)
     self.assertTrue(os.path.exists(os.path.join(workdir,
                                                 'reconstruction.png')))
 

@@ -244,6 +244,8 @@ class BadInputTest(parameterized.TestCase):
       ('negative_pretraining', {'model.pretrain_steps': -1},
        r'config\.model\.pretrain_steps'),
       ('no_restarts', {'attack.restarts': 0}, r'config\.attack\.restarts'),
+      ('unknown_pairing', {'attack.pair_by': 'ssim'},
+       r'config\.attack\.pair_by'),
       ('missing_npz', {'data.npz': '/nonexistent/data.npz'},
        r'config\.data\.npz'),
   )

@@ -91,6 +91,16 @@ def fit_prior(config, ds: data.Dataset) -> objectives.GaussianPrior | None:
                       floor=a.prior_floor)
 
 
+def pair_by(config) -> str:
+  """`config.attack.pair_by` (unset: 'psnr'), checked."""
+  by = config.attack.get('pair_by') or 'psnr'
+  if by not in matching.PAIR_BY:
+    raise errors.ConfigError(
+        f'config.attack.pair_by must be one of {list(matching.PAIR_BY)} or '
+        f'unset, got {by!r}.')
+  return by
+
+
 def prepare(config, workdir: str) -> Setup:
   """Checks everything, builds the attack and writes `config.json`.
 
@@ -99,6 +109,7 @@ def prepare(config, workdir: str) -> Setup:
       compiled (but pretraining) or written.
   """
   common.check_workdir(workdir)
+  pair_by(config)
   full = common.load_data(config)
   # The prior's checks first: build pretrains (compiles) the model.
   prior = fit_prior(config, full)
@@ -217,11 +228,11 @@ def score_target(recon: jax.Array, ref: jax.Array, labels: jax.Array,
 
 
 def _target_records(ds: data.Dataset, result: attack_lib.Result,
-                    t: int, batch: int, x: jax.Array, y: jax.Array
-                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+                    t: int, batch: int, x: jax.Array, y: jax.Array,
+                    by: str) -> tuple[list[dict[str, Any]], np.ndarray]:
   """The records of target `t`'s originals, and its pairing."""
   perm, scores, label_correct, failed = score_target(
-      result.x[t], x[t], result.labels[t], y[t])
+      result.x[t], x[t], result.labels[t], y[t], by=by)
   success_step = int(result.success_step[t])
   records = []
   for k in range(batch):
@@ -288,7 +299,8 @@ def reconstruct(config, setup: Setup
       bn_stats=bn_stats)
   records, perms = [], []
   for t in range(num_targets):
-    mine, perm = _target_records(ds, result, t, batch, x, y)
+    mine, perm = _target_records(ds, result, t, batch, x, y,
+                                 pair_by(config))
     records += mine
     perms.append(perm)
   return result, records, np.stack(perms)

@@ -153,7 +153,8 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
 
 
 # Config keys added after sweeps were first written: `(section, key)`.
-ADDED_KEYS = (('model', 'norm'), ('model', 'checkpoint'))
+ADDED_KEYS = (('model', 'norm'), ('model', 'checkpoint'),
+              ('attack', 'pair_by'))
 
 
 def fingerprint_config(config) -> dict[str, Any]:
