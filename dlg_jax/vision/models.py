@@ -299,11 +299,20 @@ class ModelApply:
   model: nn.Module
 
   def __call__(self, params, x: jax.Array) -> jax.Array:
+    return self.with_state(params, x)[0]
+
+  def with_state(self, params, x: jax.Array) -> tuple[jax.Array, Any]:
+    """Logits and the state the pass leaves (None for plain params).
+
+    A training-mode BatchNorm's running statistics move towards the batch's,
+    as `model.apply(..., mutable=...)` updates them; training keeps them.
+    """
     if isinstance(params, client.Victim):
       variables = {'params': params.params, **params.state}
-      logits, _ = self.model.apply(variables, x, mutable=list(params.state))
-      return logits
-    return self.model.apply({'params': params}, x)
+      logits, updates = self.model.apply(variables, x,
+                                         mutable=list(params.state))
+      return logits, {**params.state, **updates}
+    return self.model.apply({'params': params}, x), None
 
 
 def batch_norm_statistics(apply_fn: Any, params: Any,
@@ -403,11 +412,17 @@ class NnxApply:
   graphdef: Any
 
   def __call__(self, params, x: jax.Array) -> jax.Array:
-    state = {}
-    if isinstance(params, client.Victim):
-      params, state = params.params, params.state
-    model = nnx.merge(self.graphdef, nnx.State(params), nnx.State(state))
-    return model(x)
+    return self.with_state(params, x)[0]
+
+  def with_state(self, params, x: jax.Array) -> tuple[jax.Array, Any]:
+    """Logits and the state the pass leaves (None for plain params)."""
+    if not isinstance(params, client.Victim):
+      return nnx.merge(self.graphdef, nnx.State(params))(x), None
+    model = nnx.merge(self.graphdef, nnx.State(params.params),
+                      nnx.State(params.state))
+    logits = model(x)
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    return logits, rest.to_pure_dict()
 
 
 def from_nnx(module: nnx.Module) -> tuple[NnxApply, Any]:

@@ -18,7 +18,6 @@ import functools
 import os
 from typing import Any
 
-from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,8 +41,8 @@ def forward(apply_fn: client.ApplyFn, params: Any,
   """Logits of a training-mode forward pass, and the state it leaves.
 
   Args:
-    apply_fn: `(params, x) -> logits`; a `models.ModelApply` or
-      `models.NnxApply` also gives the updated state.
+    apply_fn: `(params, x) -> logits`; one with a `with_state` method
+      (`models.ModelApply`, `models.NnxApply`) also gives the updated state.
     params: plain parameters, or a `client.Victim`.
     x: `[batch, h, w, c]` images.
 
@@ -55,17 +54,8 @@ def forward(apply_fn: client.ApplyFn, params: Any,
   """
   if not isinstance(params, client.Victim):
     return apply_fn(params, x), None
-  if isinstance(apply_fn, models.ModelApply):
-    logits, updates = apply_fn.model.apply(
-        {'params': params.params, **params.state}, x,
-        mutable=list(params.state))
-    return logits, {**params.state, **updates}
-  if isinstance(apply_fn, models.NnxApply):
-    module = nnx.merge(apply_fn.graphdef, nnx.State(params.params),
-                       nnx.State(params.state))
-    logits = module(x)
-    _, _, rest = nnx.split(module, nnx.Param, ...)
-    return logits, rest.to_pure_dict()
+  if hasattr(apply_fn, 'with_state'):
+    return apply_fn.with_state(params, x)
   return apply_fn(params, x), params.state
 
 
