@@ -154,6 +154,37 @@ class InvertingGradientsTest(absltest.TestCase):
     self.assertGreaterEqual(float(metrics.psnr(x, self.x[0])), 40.0)
     self.assertEqual(int(result.labels[0, 0]), int(self.y[0]))
 
+  def test_feature_term_recovers_a_relu_victim(self):
+    # The classifier's input, leaked exactly, matched beside the cosine
+    # distance: a term continuous through the ReLUs (Objective.feature_weight).
+    atk = attack.make(
+        apply_fn=self.apply_fn, image_shape=self.x.shape[1:], num_classes=10,
+        distance='cosine', optimizer='adam', learning_rate=0.1,
+        schedule='step', signed=True, box=True, num_steps=200, tol=0.0,
+        init_scale=0.25, feature_weight=10.0, snapshot_steps=(0,))
+    grads = atk.threat.shared_update(self.params, self.x,
+                                     jax.nn.one_hot(self.y, 10))
+    target = attack.make_target(atk, grads, self.y, params=self.params)
+    objective = jax.jit(lambda v: attack.objective(
+        atk, self.params, {'x': v}, target))
+    self.assertLess(float(objective(self.x)), 1e-6)
+    self.assertGreater(float(objective(self.x * 0.9)), 1e-3)
+    result = attack.reconstruct(
+        atk, self.params, jax.tree.map(lambda g: g[None], grads),
+        self.y[:, None], jax.random.key(0), chunk_size=200)
+    # Measured: 78.8 dB (74.5 without the term, same start and steps).
+    self.assertGreaterEqual(
+        float(metrics.psnr(np.asarray(result.x[0, 0]), self.x[0])), 40.0)
+
+  def test_feature_weight_needs_one_fedsgd_example(self):
+    for fields in ({'batch': 2, 'label_mode': 'known'},
+                   {'client': client.Client(local_steps=2,
+                                            learning_rate=0.1)}):
+      with self.assertRaisesRegex(errors.FieldError, 'batch 1') as cm:
+        attack.make(apply_fn=self.apply_fn, image_shape=(8, 8, 3),
+                    num_classes=10, feature_weight=1.0, **fields)
+      self.assertEqual(cm.exception.field, 'objective.feature_weight')
+
   def test_adam_fields_on_lbfgs_name_the_field(self):
     for field, value in (('box', True), ('signed', True),
                          ('schedule', 'step')):

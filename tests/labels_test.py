@@ -130,3 +130,37 @@ class IdlgLabelTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class LeakedFeaturesTest(parameterized.TestCase):
+  """The classifier's input, read off one example's gradient."""
+
+  @parameterized.parameters(*_MODELS)
+  def test_equals_the_classifier_input(self, model):
+    model = models.get_model(num_classes=_NUM_CLASSES, **_MODELS[model])
+    apply_fn = models.make_apply_fn(model)
+    params = models.init_params(model, jax.random.key(0), _IMAGE_SHAPE)
+    x = jax.random.uniform(jax.random.key(1), (1, *_IMAGE_SHAPE))
+    grads = client.gradient(apply_fn, params, x,
+                            jax.nn.one_hot(jnp.array([3]), _NUM_CLASSES))
+    want = models.classifier_input(apply_fn, params, x)[0]
+    np.testing.assert_allclose(
+        labels.leaked_features(grads, _NUM_CLASSES), want,
+        rtol=1e-4, atol=1e-6)
+
+  def test_not_for_a_batch(self):
+    model = models.get_model(num_classes=_NUM_CLASSES, **_MODELS['lenet'])
+    apply_fn = models.make_apply_fn(model)
+    params = models.init_params(model, jax.random.key(0), _IMAGE_SHAPE)
+    x = jax.random.uniform(jax.random.key(1), (2, *_IMAGE_SHAPE))
+    grads = client.gradient(apply_fn, params, x,
+                            jax.nn.one_hot(jnp.array([3, 5]), _NUM_CLASSES))
+    leaked = labels.leaked_features(grads, _NUM_CLASSES)
+    features = models.classifier_input(apply_fn, params, x)
+    for f in features:
+      self.assertGreater(float(jnp.max(jnp.abs(leaked - f))), 1e-3)
+
+  def test_classifier_without_bias_raises(self):
+    grads = {'Dense_0': {'kernel': jnp.ones((6, _NUM_CLASSES))}}
+    with self.assertRaisesRegex(ValueError, 'bias'):
+      labels.leaked_features(grads, _NUM_CLASSES)

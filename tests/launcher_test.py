@@ -261,6 +261,9 @@ class BadInputTest(parameterized.TestCase):
        r'^config\.attack\.bn_weight: .*no training-mode BatchNorm'),
       ('box_with_lbfgs', {'attack.optimizer': 'lbfgs'},
        r'^config\.attack\.schedule: applies to optimizer "adam" only'),
+      ('features_of_a_batch',
+       {'data.batch_size': 2, 'attack.label_method': 'count'},
+       r'^config\.attack\.feature_weight: .*needs batch 1'),
   )
   def test_bad_ig_config_names_the_key(self, overrides, message):
     workdir = os.path.join(

@@ -30,6 +30,7 @@ from dlg_jax.core import client
 from dlg_jax.core import errors
 from dlg_jax.vision import attack as attack_lib
 from dlg_jax.vision import data
+from dlg_jax.vision import labels
 from dlg_jax.vision import metrics
 from dlg_jax.vision import models
 from dlg_jax.vision import train
@@ -402,6 +403,32 @@ def build(config, ds: data.Dataset
   return ds, params, attack
 
 
+def _check_classifier_input(attack: attack_lib.Attack, params: Any,
+                            x: jax.ShapeDtypeStruct) -> None:
+  """`Objective.feature_weight` needs a linen classifier whose input leaks."""
+  weight = attack.objective.feature_weight
+  try:
+    features = jax.eval_shape(
+        lambda p, x: models.classifier_input(attack.threat.apply_fn, p, x),
+        params, x)
+    grads = jax.eval_shape(
+        lambda p, x: attack.threat.shared_update(
+            p, x, jnp.zeros((x.shape[0], attack.threat.num_classes))),
+        params, x)
+    leaked = jax.eval_shape(
+        lambda g: labels.leaked_features(g, attack.threat.num_classes), grads)
+  except ValueError as e:
+    raise errors.ConfigError(
+        f'config.attack.feature_weight: {weight} matches the classifier\'s '
+        f'input, but {e}') from None
+  if features.shape[1:] != leaked.shape:
+    raise errors.ConfigError(
+        f'config.attack.feature_weight: {weight} matches the input of the '
+        f'last Dense layer ({features.shape[1]} features), but the '
+        f'classifier layer has {leaked.shape[0]} inputs: the model\'s last '
+        'Dense call is not its classifier.')
+
+
 def check_victim(attack: attack_lib.Attack, model,
                  image_shape: tuple[int, ...]) -> None:
   """What the attack needs of the victim, read off its traced program.
@@ -420,6 +447,8 @@ def check_victim(attack: attack_lib.Attack, model,
         f'config.attack.bn_weight: {attack.objective.bn_weight} weighs a '
         'BatchNorm-statistics prior, but the model has no training-mode '
         'BatchNorm layer (config.model.norm=batch has).')
+  if attack.objective.feature_weight:
+    _check_classifier_input(attack, params, x)
   if (attack.optimization.optimizer != 'adam'
       and models.has_relu(attack.threat.apply_fn, params, image_shape)):
     logging.warning(

@@ -175,6 +175,15 @@ class Objective:
       come in `Target.bn_stats`: the attacker of GradAttack's "strong"
       threat model knows them. 0 is off (the attacker knows the parameters
       only).
+    feature_weight: weight of `||phi(x) - phi*||^2 / ||phi*||^2`, with
+      `phi` the input of the victim's classifier (its last Dense layer,
+      `models.classifier_input`) and `phi*` read off the shared gradient
+      exactly (`labels.leaked_features`, in `Target.features`): what a
+      single example's gradient leaks in closed form (Geiping et al. 2020).
+      Through ReLUs the gradient distance jumps whenever a unit turns on or
+      off, while `phi` is continuous in the image, so this term still
+      points the way near the truth (docs/victims.md). Needs batch 1 and a
+      FedSGD client. 0 is off.
   """
   distance: str = 'l2'
   tv_weight: float = 0.0
@@ -184,6 +193,7 @@ class Objective:
   prior_weight: float = 0.0
   layer_weights: tuple[tuple[str, float], ...] = ()
   bn_weight: float = 0.0
+  feature_weight: float = 0.0
 
   def __post_init__(self):
     _choice('distance', self.distance, tuple(objectives.DISTANCES))
@@ -197,6 +207,7 @@ class Objective:
           f'{self.tv_stages}.')
     _at_least('prior_weight', self.prior_weight, 0)
     _at_least('bn_weight', self.bn_weight, 0)
+    _at_least('feature_weight', self.feature_weight, 0)
 
   @property
   def uses_tv(self) -> bool:
@@ -298,6 +309,13 @@ class Attack:
   def __post_init__(self):
     object.__setattr__(self, 'snapshot_steps', tuple(self.snapshot_steps))
     threat, labels = self.threat, self.labels
+    if self.objective.feature_weight and (threat.batch != 1
+                                          or threat.client.fedavg):
+      raise errors.FieldError(
+          'objective.feature_weight', 'the classifier\'s input is read off '
+          'the gradient of one example: it needs batch 1 and a FedSGD '
+          f'client; got batch {threat.batch}, local_steps '
+          f'{threat.client.local_steps}.')
     if labels.label_mode != 'analytic':
       return
     if labels.label_method == 'idlg' and threat.batch != 1:
@@ -403,7 +421,9 @@ class Target(NamedTuple):
   weighs (fitted on images other than the attacked ones); None without one.
   `bn_stats` are the client batch's BatchNorm statistics that
   `Objective.bn_weight` matches (`models.batch_norm_statistics`); None
-  without them.
+  without them. `features` are the `[d]` classifier input that
+  `Objective.feature_weight` matches, read off `grads`
+  (`labels.leaked_features`); None without that weight.
 
   The last three fields are what an attacker who knows the defense adds
   (see `aware_target`); None leaves the attack as `Attack` describes it:
@@ -425,6 +445,7 @@ class Target(NamedTuple):
   tv_weight: jax.Array | None = None
   prior: objectives.GaussianPrior | None = None
   bn_stats: Any = None
+  features: jax.Array | None = None
 
 
 def _layer_weight_tree(attack: Attack, grads: Any) -> Any:
@@ -521,6 +542,15 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
   if obj.bn_weight:
     value += obj.bn_weight * _bn_penalty(attack, params, variables['x'],
                                          target.bn_stats)
+  if obj.feature_weight:
+    if target.features is None:
+      raise ValueError('Objective.feature_weight > 0 needs Target.features; '
+                       'make_target reads them off the gradient.')
+    features = models.classifier_input(attack.threat.apply_fn, params,
+                                       variables['x'])[0]
+    value += obj.feature_weight * (
+        jnp.sum(jnp.square(features - target.features))
+        / jnp.maximum(jnp.sum(jnp.square(target.features)), 1e-12))
   return value
 
 
@@ -737,8 +767,11 @@ def make_target(attack: Attack, grads: Any, true_labels: ArrayLike,
   if ground_truth is None:
     # A NaN reference never counts as a success.
     ground_truth = jnp.full((threat.batch, *threat.image_shape), jnp.nan)
+  features = None
+  if attack.objective.feature_weight:
+    features = labels_lib.leaked_features(grads, threat.num_classes)
   return Target(grads, onehot, jnp.asarray(ground_truth, jnp.float32),
-                prior=prior, bn_stats=bn_stats)
+                prior=prior, bn_stats=bn_stats, features=features)
 
 
 # The TV weight per unit of noise variance of `aware_target`: 3 at variance

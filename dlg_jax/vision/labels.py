@@ -78,6 +78,41 @@ def idlg_label(grads: Any, num_classes: int) -> jax.Array:
   return jnp.argmin(jnp.sum(layer['kernel'], axis=0)).astype(jnp.int32)
 
 
+def leaked_features(grads: Any, num_classes: int) -> jax.Array:
+  """The classifier's input for a single-example gradient, exactly.
+
+  A Dense layer `z = W^T h + b` has kernel gradient `h (dL/dz)^T` and bias
+  gradient `dL/dz`, so any column `k` with a non-zero bias gradient gives
+  `h = dW[:, k] / db[k]`: the features the classifier saw, whatever came
+  before it (Geiping et al. 2020, Proposition D.1; the step R-GAP starts
+  from). The column with the largest `|db[k]|` (with cross-entropy, the
+  true class: `p_y - 1`) is taken, the best conditioned. For a batch the
+  gradient is a sum over examples and this does not hold.
+
+  Args:
+    grads: the shared gradient of ONE example; its classifier (the last
+      Dense layer with `num_classes` outputs) must have a bias.
+    num_classes: the number of classes.
+
+  Returns:
+    `[d]` float32 features, `d` the classifier kernel's rows.
+
+  Raises:
+    ValueError: the classifier has no bias.
+
+  References:
+    Geiping, Bauermeister, Droege and Moeller, "Inverting Gradients - How
+    easy is it to break privacy in federated learning?", NeurIPS 2020.
+  """
+  layer = _last_layer(grads, num_classes)
+  if 'bias' not in layer:
+    raise ValueError('leaked_features needs the classifier (the last Dense '
+                     f'layer with {num_classes} outputs) to have a bias.')
+  bias = layer['bias']
+  k = jnp.argmax(jnp.abs(bias))
+  return layer['kernel'][:, k] / bias[k]
+
+
 LABEL_METHODS = ('idlg', 'yin', 'count')
 
 

@@ -369,6 +369,44 @@ def batch_norm_statistics(apply_fn: Any, params: Any,
   return tuple(stats)
 
 
+def classifier_input(apply_fn: Any, params: Any, x: jax.Array) -> jax.Array:
+  """The input of the model's last `nn.Dense` call, flattened per example.
+
+  What `labels.leaked_features` reads off a single example's gradient:
+  matching it (`Objective.feature_weight`) gives the attack a term that is
+  continuous in the image even through ReLUs, where the gradient distance
+  jumps each time a unit turns on or off (docs/victims.md).
+
+  Args:
+    apply_fn: a `ModelApply` (of a linen module).
+    params: its parameters, or a `client.Victim`.
+    x: `[batch, h, w, c]` inputs.
+
+  Returns:
+    `[batch, d]`.
+
+  Raises:
+    ValueError: `apply_fn` is not a `ModelApply`, or calls no `nn.Dense`.
+  """
+  if not isinstance(apply_fn, ModelApply):
+    raise ValueError(
+        'classifier_input needs a linen model (models.make_apply_fn), got '
+        f'{type(apply_fn).__name__}.')
+  inputs = []
+
+  def record(next_fun, args, kwargs, context):
+    if (isinstance(context.module, nn.Dense)
+        and context.method_name == '__call__'):
+      inputs.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    apply_fn(params, x)
+  if not inputs:
+    raise ValueError('classifier_input: the model calls no nn.Dense layer.')
+  return inputs[-1].reshape(x.shape[0], -1)
+
+
 def _has_relu(jaxpr: Any) -> bool:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == 'max' and any(
