@@ -18,6 +18,7 @@ _EXPECTED = {
     'mnist': ((500, 28, 28, 1), 10),
     'svhn': ((25, 32, 32, 3), 10),
     'lfw': ((81, 32, 32, 3), 81),
+    'lfw_photo': ((1, 224, 224, 3), 1),
 }
 
 
@@ -56,6 +57,14 @@ class BundledTest(parameterized.TestCase):
       np.testing.assert_array_equal(
           np.round(ds.x * 255).astype(np.uint8), f['x'])
     self.assertEqual(ds.class_names[ds.y[0]], 'mountain')
+
+  def test_lfw_photo_is_the_centre_of_the_full_photo(self):
+    photo = data.load_bundled('lfw_photo')
+    with np.load(os.path.join(os.path.dirname(os.path.dirname(data.__file__)),
+                              'samples', 'lfw_samples.npz')) as f:
+      np.testing.assert_array_equal(
+          np.round(photo.x[0] * 255).astype(np.uint8), f['x'][0, 13:237, 13:237])
+    self.assertEqual(photo.class_names, ('Anthony_Hopkins',))
 
   def test_lfw_labels_and_faces(self):
     ds = data.load_bundled('lfw')

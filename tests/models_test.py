@@ -265,24 +265,27 @@ class NormTest(parameterized.TestCase):
   @parameterized.named_parameters(
       # He et al. 2016's ResNet-20 (0.28M at 100 classes, 1x1 projections)
       # and ResNet-18 with the CIFAR stem (11.2M at 100 classes).
-      ('resnet20', 'resnet20', 100, 279_108),
-      ('resnet18', 'resnet18', 100, 11_224_932),
+      ('resnet20', 'resnet20', 100, 279_108, 32),
+      ('resnet18', 'resnet18', 100, 11_224_932, 32),
+      # The ImageNet stem: torchvision's resnet18 (11,689,512 at 1,000
+      # classes) plus the convolutions' biases (4,800).
+      ('resnet18_imagenet', 'resnet18_imagenet', 1000, 11_694_312, 224),
   )
   def test_zoo_resnets_have_their_size_and_batchnorm(self, name, num_classes,
-                                                     count):
+                                                     count, size=32):
     model = models.get_model(name, num_classes=num_classes)
-    victim = _abstract_params(model, (32, 32, 3))
+    victim = _abstract_params(model, (size, size, 3))
     self.assertIsInstance(victim, client.Victim)
     self.assertEqual(sum(p.size for p in jax.tree.leaves(victim.params)),
                      count)
-    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     self.assertEqual(
         jax.eval_shape(models.make_apply_fn(model), victim, x).shape,
         (2, num_classes))
     # norm overrides the default.
     self.assertNotIsInstance(_abstract_params(
-        models.get_model(name, num_classes=10, norm='group'), (32, 32, 3)),
-                             client.Victim)
+        models.get_model(name, num_classes=10, norm='group'),
+        (size, size, 3)), client.Victim)
 
   @parameterized.parameters(('relu', True), ('sigmoid', False),
                             ('gelu', False))

@@ -29,7 +29,7 @@ from PIL import Image
 
 from dlg_jax.core import npz
 
-BUNDLED = ('cifar100', 'mnist', 'svhn', 'lfw')
+BUNDLED = ('cifar100', 'mnist', 'svhn', 'lfw', 'lfw_photo')
 
 _SAMPLES_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'samples')
@@ -38,7 +38,10 @@ _BUNDLED_FILES = {
     'mnist': 'mnist_samples.npz',
     'svhn': 'svhn_samples.npz',
     'lfw': 'lfw_samples.npz',
+    'lfw_photo': 'lfw_samples.npz',
 }
+# ImageNet's evaluation crop: the bundled 250x250 LFW photo's centre.
+_PHOTO_SIZE = 224
 # The DLG paper attacks 32x32 LFW images; the bundled 25x25 crops are brought
 # to the same size so every LFW sample fits one model.
 _LFW_SIZE = 32
@@ -119,6 +122,9 @@ def load_bundled(name: str) -> Dataset:
     identities: they still exercise label recovery on distinct labels, but a
     model for this data needs `num_classes >= 81`. `index` is the position
     in this dataset (0 for the photo, k + 1 for crop k).
+  * `'lfw_photo'`: that colour photo at ImageNet's size, `[1, 224, 224, 3]`:
+    the centre 224x224 of the 250x250 original, not resized (class 0,
+    `'Anthony_Hopkins'`, the only class).
 
   Args:
     name: one of `BUNDLED`.
@@ -136,7 +142,14 @@ def load_bundled(name: str) -> Dataset:
                allow_pickle=False) as f:
     arrays = {k: f[k] for k in f.files}
 
-  if name == 'lfw':
+  if name == 'lfw_photo':
+    offset = (arrays['x'].shape[1] - _PHOTO_SIZE) // 2
+    images = arrays['x'][:, offset:offset + _PHOTO_SIZE,
+                         offset:offset + _PHOTO_SIZE]
+    labels = arrays['y'].astype(np.int32)
+    class_names = (str(arrays['class_names'][0]),)
+    index = np.zeros(1, dtype=np.int64)
+  elif name == 'lfw':
     faces = np.stack([_grey_to_rgb_32(face) for face in arrays['faces25']])
     images = np.concatenate([arrays['x_32'], faces])
     num_faces = faces.shape[0]

@@ -223,8 +223,39 @@ class ResNet18(ResNet):
   norm: str = 'batch'
 
 
+class ResNet18ImageNet(nn.Module):
+  """ResNet-18 with the ImageNet stem, for 224x224 images (He et al. 2016).
+
+  A 7x7 stride-2 convolution to 64 channels, `norm`, the activation and 3x3
+  stride-2 max pooling, then ResNet-18's 4 stages of 2 blocks (64-512
+  channels), global average pooling and the classifier: torchvision's
+  `resnet18`, the victim of Inverting Gradients' and breaching's ImageNet
+  examples (11.7M parameters at 1,000 classes). BatchNorm by default.
+  """
+  num_classes: int = 1000
+  activation: str = 'relu'
+  widths: Sequence[int] = (64, 128, 256, 512)
+  blocks: int = 2
+  norm: str = 'batch'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.activation)
+    x = Conv(self.widths[0], (7, 7), strides=(2, 2),
+             padding=((3, 3), (3, 3)))(x)
+    x = act(normalize(self.norm, x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, width in enumerate(self.widths):
+      for block in range(self.blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(width, strides, self.activation, self.norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
 MODELS = {'lenet': LeNet, 'convnet': ConvNet, 'resnet': ResNet,
-          'resnet18': ResNet18, 'resnet20': ResNet20}
+          'resnet18': ResNet18, 'resnet20': ResNet20,
+          'resnet18_imagenet': ResNet18ImageNet}
 
 
 def get_model(name: str, *, num_classes: int, activation: str | None = None,
