@@ -14,6 +14,7 @@ Modules:
   sweep: the attack over defenses and strengths, `experiments/sweep.py`.
   utility: accuracy trained under each defense, `experiments/utility.py`.
   batch_study: iterations per batch size, `experiments/batch_study.py`.
+  victim_study: victims x weights x attacks, `experiments/victim_study.py`.
   noise_bound: the linearised noise bound, `experiments/noise_bound.py`.
   text_attack: DLG on a BERT masked LM, `experiments/attack_text.py`.
   train: a victim trained and checkpointed, `experiments/train.py`.
