@@ -248,6 +248,8 @@ class BadInputTest(parameterized.TestCase):
        r'config\.attack\.pair_by'),
       ('missing_npz', {'data.npz': '/nonexistent/data.npz'},
        r'config\.data\.npz'),
+      ('misspelt_attack_key', {'attack.tv_wieght': 0.1},
+       r'^config\.attack\.tv_wieght: no attack setting'),
   )
   def test_bad_config_names_the_key(self, overrides, message):
     workdir = self.enter_context(tempfile.TemporaryDirectory())

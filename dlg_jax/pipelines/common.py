@@ -266,6 +266,29 @@ def attack_key(field: str) -> str:
   return '.'.join(['config.attack', *path[1:]]) if path[0] else 'config.attack'
 
 
+# `config.attack` keys that are no `Attack` section field: the pipelines
+# read them (restarts, the prior's data, pairing, the sweep's defense-aware
+# attacker) or `make_attack` passes them to `Attack` itself.
+_OTHER_ATTACK_KEYS = ('restarts', 'snapshot_steps', 'pair_by', 'prior_images',
+                      'prior_floor', 'defense_aware')
+
+
+def _check_attack_keys(values, sections) -> None:
+  """Every key of `config.attack` is a field or a setting a pipeline reads.
+
+  A config file's misspelt key would otherwise be dropped without a word
+  (a command-line override of an unknown key is refused by the locked
+  config already).
+  """
+  known = {f.name for cls in sections for f in dataclasses.fields(cls)}
+  known.update(_OTHER_ATTACK_KEYS)
+  for key in values:
+    if key not in known:
+      raise errors.ConfigError(
+          f'config.attack.{key}: no attack setting has this name; the '
+          f'settings are {sorted(known)}.')
+
+
 def _section(cls, values) -> dict[str, Any]:
   """The keyword arguments of section `cls` from a config section."""
   return {f.name: values[f.name] for f in dataclasses.fields(cls)
@@ -289,6 +312,7 @@ def make_attack(config, model, image_shape: tuple[int, ...],
   sections = {
       'labels': attack_lib.Labels, 'objective': attack_lib.Objective,
       'optimization': attack_lib.Optimization, 'start': attack_lib.Start}
+  _check_attack_keys(a, sections.values())
   kwargs = {name: errors.under('config.attack', cls, **_section(cls, a))
             for name, cls in sections.items()}
   threat = errors.under(
