@@ -109,6 +109,13 @@ class QuickRunTest(absltest.TestCase):
       self.assertEqual(json.load(f)['data']['source'], 'mnist')
     png = os.path.join(workdir, 'reconstruction.png')
     self.assertGreater(os.path.getsize(png), 1000)
+    # The arrays behind the figure: each original's paired reconstruction.
+    with np.load(os.path.join(workdir, 'reconstructions.npz')) as f:
+      self.assertEqual(f['x'].shape, (2, 28, 28, 1))
+      np.testing.assert_array_equal(f['index'], [0, 1])
+      psnr = [float(metrics.psnr(x, ref)) for x, ref in
+              zip(f['x'], data.load_bundled('mnist').x[:2])]
+    np.testing.assert_allclose(psnr, [r['psnr'] for r in records], rtol=1e-3)
 
   def test_user_npz_is_attacked(self):
     workdir = self.enter_context(tempfile.TemporaryDirectory())

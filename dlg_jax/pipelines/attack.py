@@ -329,6 +329,18 @@ def write_outputs(workdir: str, setup: Setup,
               for r, name in zip(records, names)])
 
 
+# Each original's paired final reconstruction, beside results.json.
+RECONSTRUCTIONS = 'reconstructions.npz'
+
+
+def paired_reconstructions(result: attack_lib.Result,
+                           order: np.ndarray) -> np.ndarray:
+  """`[images, h, w, c]`: each original's paired reconstruction, in [0, 1]."""
+  x = np.take_along_axis(np.asarray(result.x),
+                         order[:, :, None, None, None], axis=1)
+  return np.clip(x.reshape(-1, *x.shape[2:]), 0.0, 1.0)
+
+
 def run_prepared(config, workdir: str, setup: Setup) -> dict[str, Any]:
   """`run` on what `prepare` built: attacks, writes, returns `results.json`."""
   result, records, order = reconstruct(config, setup)
@@ -336,7 +348,12 @@ def run_prepared(config, workdir: str, setup: Setup) -> dict[str, Any]:
              'summary': summarize(records, config.success_psnr,
                                   result.compile_seconds,
                                   compiles=result.compiles)}
-  # Written before the figure, so that a figure that fails loses nothing.
+  # The arrays first, then results.json, then the figure: a run with
+  # results.json has its reconstructions, and a figure that fails loses
+  # nothing.
+  np.savez(os.path.join(workdir, RECONSTRUCTIONS),
+           x=paired_reconstructions(result, order),
+           index=np.asarray(setup.ds.index))
   figures.save_json(os.path.join(workdir, 'results.json'), results)
   write_outputs(workdir, setup, result, records, order)
   logging.info('summary: %s', results['summary'])
@@ -348,8 +365,9 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   Args:
     config: a `configs/cifar100.py`-style config.
-    workdir: where `results.json`, `config.json` and `reconstruction.png`
-      go.
+    workdir: where `results.json`, `config.json`, `reconstruction.png` and
+      `reconstructions.npz` (`x`, each original's paired final
+      reconstruction; `index`, the originals') go.
 
   Returns:
     The content of `results.json`.

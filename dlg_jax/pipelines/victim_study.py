@@ -70,7 +70,7 @@ VICTIMS = {
 }
 WEIGHTS = ('init', 'trained')
 # Where each cell's paired reconstructions go, beside its results.json.
-RECONSTRUCTIONS = 'reconstructions.npz'
+RECONSTRUCTIONS = attack_pipeline.RECONSTRUCTIONS
 # The keys of a cell's config.json that decide its results; a cell read back
 # must match them (the runner only decides how fast it runs).
 _RESULT_KEYS = ('seed', 'data', 'model', 'attack', 'client')
@@ -306,35 +306,13 @@ def train_victim(config, workdir: str, victim: str) -> dict[str, Any]:
   return train_pipeline.run(train_config(config, victim), folder)
 
 
-def paired_reconstructions(result, order: np.ndarray) -> np.ndarray:
-  """`[images, h, w, c]`: each original's paired reconstruction, in [0, 1]."""
-  x = np.take_along_axis(np.asarray(result.x),
-                         order[:, :, None, None, None], axis=1)
-  return np.clip(x.reshape(-1, *x.shape[2:]), 0.0, 1.0)
-
-
 def run_cell(cfg, folder: str) -> dict[str, Any]:
-  """The vision attack of one cell, as `attack_pipeline.run` plus arrays.
-
-  Writes what `attack_pipeline.run` writes, and `RECONSTRUCTIONS` (`x`:
-  each original's paired reconstruction) before `results.json`, so that a
-  cell with `results.json` has both.
+  """The vision attack of one cell: `attack_pipeline.run` into `folder`.
 
   Returns:
     The content of `results.json`.
   """
-  setup = attack_pipeline.prepare(cfg, folder)
-  result, records, order = attack_pipeline.reconstruct(cfg, setup)
-  results = {'records': records,
-             'summary': attack_pipeline.summarize(
-                 records, cfg.success_psnr, result.compile_seconds,
-                 compiles=result.compiles)}
-  np.savez(os.path.join(folder, RECONSTRUCTIONS),
-           x=paired_reconstructions(result, order),
-           index=np.asarray(setup.ds.index))
-  figures.save_json(os.path.join(folder, 'results.json'), results)
-  attack_pipeline.write_outputs(folder, setup, result, records, order)
-  return results
+  return attack_pipeline.run(cfg, folder)
 
 
 def read_reconstructions(folder: str, shape: tuple[int, ...]) -> np.ndarray:
