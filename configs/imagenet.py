@@ -11,28 +11,33 @@ and LPIPS 0.42); README.md, "Realistic victims", compares.
 Command:
   python -m experiments.attack --config=configs/imagenet.py --workdir=runs/imagenet
 
-`:quick` runs 20 steps, a smoke run of the 224x224 program.
+`:bn` is GradAttack's strong attacker, with GradInversion's BatchNorm
+prior (configs/ig.py:bn). `:quick` (or `:bn,quick`) runs 20 steps, a smoke
+run of the 224x224 program.
 """
 
 from configs import ig
 
 
 def get_config(arg: str | None = None):
-  """The IG recipe on ResNet-18 at 224x224; `arg='quick'` shrinks it."""
-  config = ig.get_config(None)
+  """The IG recipe on ResNet-18 at 224x224; `arg` as configs/ig.py's."""
+  options = set(arg.split(',')) if arg else set()
+  if options - {'bn', 'quick'}:
+    raise ValueError(f'Unknown config argument {arg!r}; use "bn", "quick", '
+                     '"bn,quick" or none.')
+  config = ig.get_config('bn' if 'bn' in options else None)
   config.data.source = 'lfw_photo'
   config.data.count = 1
   config.model.name = 'resnet18_imagenet'
+  config.model.norm = 'batch'
   config.model.num_classes = 1000
   config.attack.restarts = 1
   config.attack.num_steps = 1000
   config.attack.snapshot_steps = (0, 100, 200, 500)
   config.runner.chunk_size = 100
 
-  if arg == 'quick':
+  if 'quick' in options:
     config.attack.num_steps = 20
     config.runner.chunk_size = 20
     config.attack.snapshot_steps = (0, 10)
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use "quick" or none.')
   return config
