@@ -371,33 +371,47 @@ def batch_norm_statistics(apply_fn: Any, params: Any,
   Raises:
     ValueError: `apply_fn` is not a `ModelApply`.
   """
+  stats = []
+  for module, args, kwargs in _calls(
+      'batch_norm_statistics', apply_fn, params, x, nn.BatchNorm):
+    running = nn.merge_param(
+        'use_running_average', module.use_running_average,
+        args[1] if len(args) > 1 else kwargs.get('use_running_average'))
+    if not running:
+      y = args[0]
+      axes = module.axis if isinstance(module.axis, tuple) else (module.axis,)
+      features = {a % y.ndim for a in axes}
+      reduce = tuple(a for a in range(y.ndim) if a not in features)
+      mean = jnp.mean(y, axis=reduce)
+      var = jnp.mean(jnp.square(y - jnp.expand_dims(mean, reduce)),
+                     axis=reduce)
+      stats.append((mean, var))
+  return tuple(stats)
+
+
+def _calls(caller: str, apply_fn: Any, params: Any, x: jax.Array,
+           module_type: type[nn.Module]) -> list[tuple[nn.Module, tuple,
+                                                         dict]]:
+  """`(module, args, kwargs)` of each `module_type.__call__` of one pass.
+
+  Raises:
+    ValueError: naming `caller`, when `apply_fn` is not a `ModelApply`.
+  """
   if not isinstance(apply_fn, ModelApply):
     raise ValueError(
-        'batch_norm_statistics needs a linen model (models.make_apply_fn), '
-        f'got {type(apply_fn).__name__}.')
-  stats = []
+        f'{caller} needs a linen model (models.make_apply_fn), got '
+        f'{type(apply_fn).__name__}.')
+  calls = []
 
   def record(next_fun, args, kwargs, context):
-    module = context.module
-    if isinstance(module, nn.BatchNorm) and context.method_name == '__call__':
-      x = args[0]
-      running = nn.merge_param(
-          'use_running_average', module.use_running_average,
-          args[1] if len(args) > 1 else kwargs.get('use_running_average'))
-      if not running:
-        axes = module.axis if isinstance(module.axis, tuple) else (
-            module.axis,)
-        features = {a % x.ndim for a in axes}
-        reduce = tuple(a for a in range(x.ndim) if a not in features)
-        mean = jnp.mean(x, axis=reduce)
-        var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduce)),
-                       axis=reduce)
-        stats.append((mean, var))
+    if (isinstance(context.module, module_type)
+        and context.method_name == '__call__'):
+      calls.append((context.module, args, kwargs))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
     apply_fn(params, x)
-  return tuple(stats)
+  return calls
 
 
 def classifier_input(apply_fn: Any, params: Any, x: jax.Array) -> jax.Array:
@@ -419,23 +433,11 @@ def classifier_input(apply_fn: Any, params: Any, x: jax.Array) -> jax.Array:
   Raises:
     ValueError: `apply_fn` is not a `ModelApply`, or calls no `nn.Dense`.
   """
-  if not isinstance(apply_fn, ModelApply):
-    raise ValueError(
-        'classifier_input needs a linen model (models.make_apply_fn), got '
-        f'{type(apply_fn).__name__}.')
-  inputs = []
-
-  def record(next_fun, args, kwargs, context):
-    if (isinstance(context.module, nn.Dense)
-        and context.method_name == '__call__'):
-      inputs.append(args[0])
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    apply_fn(params, x)
-  if not inputs:
+  calls = _calls('classifier_input', apply_fn, params, x, nn.Dense)
+  if not calls:
     raise ValueError('classifier_input: the model calls no nn.Dense layer.')
-  return inputs[-1].reshape(x.shape[0], -1)
+  _, args, _ = calls[-1]
+  return args[0].reshape(x.shape[0], -1)
 
 
 def _has_relu(jaxpr: Any) -> bool:
