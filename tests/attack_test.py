@@ -417,6 +417,47 @@ class RunnerTest(parameterized.TestCase):
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
         got, want)
 
+  def test_snapshots_record_the_best_point_at_their_steps(self):
+    # Row k holds the best point after step _SNAPSHOTS[k]'s evaluation,
+    # written at that step only; a step never reached leaves its row 0.
+    state, target = self._job(self.init_states, 0), self._job(
+        self.job_targets, 0)
+    step = jax.jit(attack.attack_step, static_argnums=0)
+    want = np.zeros((len(_SNAPSHOTS), 1, *_IMAGE_SHAPE), np.float32)
+    for i in range(_NUM_STEPS):
+      state = step(self.attack, self.params, state, target)
+      if i in _SNAPSHOTS:
+        want[_SNAPSHOTS.index(i)] = state.best['x']
+    np.testing.assert_array_equal(state.snapshots, want)
+
+  def test_run_steps_stops_at_stop_at(self):
+    state, target = self._job(self.init_states, 2), self._job(
+        self.job_targets, 2)
+    run = jax.jit(attack.run_steps, static_argnums=(0, 4),
+                  static_argnames='stop_at')
+    stopped = run(self.attack, self.params, state, target, _NUM_STEPS,
+                  stop_at=_NUM_STEPS // 2)
+    want = self.run_one(self.attack, self.params, state, target,
+                        _NUM_STEPS // 2)
+    jax.tree.map(np.testing.assert_array_equal, stopped, want)
+
+  def test_over_jobs_runs_one_job_unbatched(self):
+    fn = lambda s, t: attack.run_steps(self.attack, self.params, s, t, 2)
+    one = lambda tree: jax.tree.map(lambda a: a[:1], tree)
+    states, targets = one(self.init_states), one(self.job_targets)
+    got = jax.jit(attack.over_jobs(fn, in_axes=(0, 0)))(states, targets)
+    want = jax.jit(jax.vmap(fn))(states, targets)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        got, want)
+    # Batches of more than one job are vmapped.
+    two = lambda tree: jax.tree.map(lambda a: a[:2], tree)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        jax.jit(attack.over_jobs(fn, in_axes=(0, 0)))(
+            two(self.init_states), two(self.job_targets)),
+        jax.jit(jax.vmap(fn))(two(self.init_states), two(self.job_targets)))
+
   def test_vmap_equals_stack(self):
     singles = [
         self.run_one(self.attack, self.params, self._job(self.init_states, j),

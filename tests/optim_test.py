@@ -149,6 +149,25 @@ class LbfgsTest(parameterized.TestCase):
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
         got, want)
 
+  def test_kept_products_match_the_memory(self):
+    # The ring memory, the chronological <s_i, y_j> and <y_i, y_j> and the
+    # kept <s_i, g>, <y_i, g> (updated, not recomputed) agree with products
+    # taken directly, past a full memory (count > memory_size).
+    m = 4
+    _, state, _ = _run(_rosenbrock, jnp.array([-1.2, 1.0, 0.5]), 30,
+                       optim.lbfgs(memory_size=m))
+    count = int(state.count)
+    self.assertGreater(count, m)
+    order = (count + np.arange(m)) % m
+    s, y = np.asarray(state.s)[order], np.asarray(state.y)[order]
+    np.testing.assert_allclose(state.sy, s @ y.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.yy, y @ y.T, rtol=1e-4, atol=1e-6)
+    g = np.asarray(state.grad)
+    scale = np.abs(s).max() * np.abs(g).max() * 1e-3
+    np.testing.assert_allclose(state.sg, np.asarray(state.s) @ g, atol=scale)
+    scale = np.abs(y).max() * np.abs(g).max() * 1e-3
+    np.testing.assert_allclose(state.yg, np.asarray(state.y) @ g, atol=scale)
+
   def test_pytree_params(self):
     params = {'a': jnp.ones(3), 'b': {'c': jnp.full((2, 2), -1.0)}}
     fn = lambda p: jnp.sum(jnp.square(p['a'] - 2.0)) + jnp.sum(

@@ -25,52 +25,84 @@ import optax
 
 
 class LbfgsState(NamedTuple):
-  """State of `lbfgs`. Vectors are flat `[n]`."""
+  """State of `lbfgs`. Vectors are flat `[n]`.
+
+  The curvature pairs live in a ring of `memory_size` slots: pair number `k`
+  (counting pushes from 0) is in slot `k % memory_size`, and a push writes
+  one row of `s` and of `y` in place. The small matrices `sy` and `yy` are
+  kept in chronological order instead (oldest first, empty slots before
+  them), so that the compact form reads them without a permutation;
+  chronological position `p` is ring slot `(count + p) % memory_size`.
+  """
   x: jax.Array        # last accepted point
   value: jax.Array    # its objective value (inf before the first evaluation)
-  grad: jax.Array     # its gradient
-  memory: jax.Array   # [2 * memory_size, n]: steps s_i, then gradient diffs y_i
-  sy: jax.Array       # [memory_size, memory_size]: <s_i, y_j>
-  yy: jax.Array       # [memory_size, memory_size]: <y_i, y_j>
-  age: jax.Array      # [memory_size] push count when written, -1 if empty
+  grad: jax.Array     # its gradient, g
+  s: jax.Array        # [memory_size, n] ring: steps s_i
+  y: jax.Array        # [memory_size, n] ring: gradient differences y_i
+  sg: jax.Array       # [memory_size] ring: <s_i, g>
+  yg: jax.Array       # [memory_size] ring: <y_i, g>
+  sy: jax.Array       # [memory_size, memory_size] chronological: <s_i, y_j>
+  yy: jax.Array       # [memory_size, memory_size] chronological: <y_i, y_j>
   gamma: jax.Array    # initial inverse-Hessian scale <s, y> / <y, y>
   count: jax.Array    # number of pairs pushed so far
   step_size: jax.Array
   accepted: jax.Array  # whether the last evaluated candidate was accepted
 
 
-def _compact_coefficients(sg: jax.Array, yg: jax.Array, state: LbfgsState
-                          ) -> jax.Array:
-  """Coefficients `c` with `H g = gamma g + c @ memory`, from `S g` and `Y g`.
+def _chronological(count: jax.Array, memory_size: int) -> jax.Array:
+  """`[memory_size]` ring slots in chronological order after `count` pushes."""
+  return (count + jnp.arange(memory_size)) % memory_size
+
+
+def _compact_coefficients(sg: jax.Array, yg: jax.Array, sy: jax.Array,
+                          yy: jax.Array, gamma: jax.Array, count: jax.Array
+                          ) -> tuple[jax.Array, jax.Array]:
+  """`(c_s, c_y)` with `H g = gamma g + c_s @ S + c_y @ Y`, chronologically.
 
   The compact form of the L-BFGS inverse Hessian:
   `H = gamma I + [S, gamma Y] M [S, gamma Y]^T`, where the small middle
   matrix `M` is built from `R = triu(S^T Y)` and `D = diag(S^T Y)` in
   chronological order. It costs matrix-vector products with the memory and
-  one small triangular solve. The two-loop recursion instead loops over the
-  memory one pair at a time; under `vmap` each pass of that loop becomes a
-  batched gather, and on accelerators a kernel launch.
+  two small triangular solves. The two-loop recursion instead loops over
+  the memory one pair at a time; under `vmap` each pass of that loop becomes
+  a batched gather, and on accelerators a kernel launch.
+
+  Args:
+    sg: `[m]` `<s_i, g>`, chronological.
+    yg: `[m]` `<y_i, g>`, chronological.
+    sy: `[m, m]` `<s_i, y_j>`, chronological.
+    yy: `[m, m]` `<y_i, y_j>`, chronological.
+    gamma: the initial inverse-Hessian scale.
+    count: pairs pushed so far; the first `m - count` positions are empty.
 
   References:
     Byrd, Nocedal and Schnabel, "Representations of quasi-Newton matrices
     and their use in limited memory methods", Math. Prog. 1994, eq. (3.13).
   """
-  gamma = state.gamma
-  order = jnp.argsort(state.age)  # empty slots first, then oldest to newest
-  valid = state.age[order] >= 0
+  m = sg.shape[0]
+  valid = jnp.arange(m) + count >= m
   both = valid[:, None] & valid[None, :]
-  sy = jnp.where(both, state.sy[order][:, order], 0.0)
-  yy = jnp.where(both, state.yy[order][:, order], 0.0)
+  sy = jnp.where(both, sy, 0.0)
+  yy = jnp.where(both, yy, 0.0)
   # Empty slots get a unit diagonal: their s and y are zero, so they add
   # nothing but keep R invertible.
   r = jnp.triu(sy) + jnp.diag(jnp.where(valid, 0.0, 1.0))
-  a, b = sg[order], gamma * yg[order]
-  u = jax.scipy.linalg.solve_triangular(r, a, lower=False)
-  rhs = jnp.diag(sy) * u + gamma * (yy @ u) - b
+  u = jax.scipy.linalg.solve_triangular(r, sg, lower=False)
+  rhs = jnp.diag(sy) * u + gamma * (yy @ u) - gamma * yg
   top = jax.scipy.linalg.solve_triangular(r, rhs, lower=False, trans='T')
-  coef_s = jnp.zeros_like(top).at[order].set(top)
-  coef_y = jnp.zeros_like(u).at[order].set(-gamma * u)
-  return jnp.concatenate([coef_s, coef_y])
+  return top, -gamma * u
+
+
+def _push_chronological(matrix: jax.Array, row: jax.Array,
+                        col: jax.Array) -> jax.Array:
+  """`matrix` with its oldest pair dropped and a newest one appended.
+
+  `row` and `col` are the new pair's entries `[m]` in the new chronological
+  order (their last entry, the new pair with itself, the same in both).
+  """
+  m = matrix.shape[0]
+  shifted = jnp.pad(matrix[1:, 1:], ((0, 1), (0, 1)))
+  return shifted.at[m - 1, :].set(row).at[:, m - 1].set(col)
 
 
 def lbfgs(
@@ -84,9 +116,11 @@ def lbfgs(
   """L-BFGS with accept/reject step control instead of a linesearch.
 
   Args:
-    memory_size: number of curvature pairs kept. A step makes two passes
-      over the `[2 * memory_size, n]` memory, small next to an inversion
-      objective's second-order gradient, and a long memory pays off on these
+    memory_size: number of curvature pairs kept. A step reads the
+      `[memory_size, n]` steps and gradient differences twice (once for
+      their products with the new vectors, once for the direction) and
+      writes one row of each in place, small next to an inversion
+      objective's second-order gradient; a long memory pays off on these
       ill-conditioned problems.
     initial_step: scale of the first, steepest-descent step (there is no
       curvature yet).
@@ -129,10 +163,12 @@ def lbfgs(
     n = flat.shape[0]
     return LbfgsState(
         x=flat, value=jnp.asarray(jnp.inf, flat.dtype), grad=jnp.zeros_like(flat),
-        memory=jnp.zeros((2 * memory_size, n), flat.dtype),
+        s=jnp.zeros((memory_size, n), flat.dtype),
+        y=jnp.zeros((memory_size, n), flat.dtype),
+        sg=jnp.zeros((memory_size,), flat.dtype),
+        yg=jnp.zeros((memory_size,), flat.dtype),
         sy=jnp.zeros((memory_size, memory_size), flat.dtype),
         yy=jnp.zeros((memory_size, memory_size), flat.dtype),
-        age=jnp.full((memory_size,), -1, jnp.int32),
         gamma=jnp.asarray(initial_step, flat.dtype),
         count=jnp.zeros((), jnp.int32),
         step_size=jnp.asarray(1.0, flat.dtype),
@@ -155,40 +191,54 @@ def lbfgs(
     g = jnp.where(accept, grad, state.grad)
     s, y = flat - state.x, grad - state.grad
     s_y, y_y = jnp.vdot(s, y), jnp.vdot(y, y)
-    # Pairs with non-positive curvature would break positive definiteness.
-    push = accept & ~first & (s_y > 1e-10 * jnp.vdot(s, s))
 
-    # One pass over the memory (as it was) for every product this step
-    # needs; the entries of the slot being overwritten are patched after.
+    # The products with the memory that this step needs, in one read of
+    # each memory: <s_i, y>, <y_i, s> and <y_i, y>. Those with the accepted
+    # gradient follow from the ones kept for the last (g = last g + y), so
+    # a step reads the memory twice in all, here and for the direction.
     m = memory_size
-    prods = state.memory @ jnp.stack([s, y, g], axis=1)  # [2m, 3]
+    s_with_y = state.s @ y                       # [m] ring: <s_i, y>
+    # [m, 2] ring: <y_i, s>, <y_i, y>.
+    y_with = state.y @ jnp.stack([s, y], axis=1)
+    # Pairs with non-positive curvature would break positive definiteness,
+    # and products that overflow would poison `sy` and `yy`. (Testing the
+    # products also orders the row writes below after the reads above, so
+    # that XLA writes the memory in place rather than copying it.)
+    push = (accept & ~first & (s_y > 1e-10 * jnp.vdot(s, s))
+            & jnp.all(jnp.isfinite(s_with_y)) & jnp.all(jnp.isfinite(y_with)))
     slot = state.count % m
-    row_sy = prods[m:, 0].at[slot].set(s_y)   # <s, y_j>
-    col_sy = prods[:m, 1].at[slot].set(s_y)   # <s_i, y>
-    col_yy = prods[m:, 1].at[slot].set(y_y)   # <y_i, y>
-    sy = state.sy.at[slot, :].set(row_sy).at[:, slot].set(col_sy)
-    yy = state.yy.at[slot, :].set(col_yy).at[:, slot].set(col_yy)
-    # Writing only the slot's rows lets XLA update the memory in place.
-    memory = state.memory.at[slot].set(
-        jnp.where(push, s, state.memory[slot]))
-    memory = memory.at[m + slot].set(jnp.where(push, y, state.memory[m + slot]))
-    sg = prods[:m, 2].at[slot].set(
-        jnp.where(push, jnp.vdot(s, g), prods[slot, 2]))
-    yg = prods[m:, 2].at[slot].set(
-        jnp.where(push, jnp.vdot(y, g), prods[m + slot, 2]))
+    sg = jnp.where(accept, state.sg + s_with_y, state.sg)
+    yg = jnp.where(accept, state.yg + y_with[:, 1], state.yg)
+    sg = sg.at[slot].set(jnp.where(push, jnp.vdot(s, g), sg[slot]))
+    yg = yg.at[slot].set(jnp.where(push, jnp.vdot(y, g), yg[slot]))
+    s_memory = jax.lax.dynamic_update_index_in_dim(
+        state.s, jnp.where(push, s, state.s[slot]), slot, 0)
+    y_memory = jax.lax.dynamic_update_index_in_dim(
+        state.y, jnp.where(push, y, state.y[slot]), slot, 0)
+    # The new pair's entries in the order after the push, where it is last.
+    after = _chronological(state.count + 1, m)
+    row_sy = y_with[after, 0].at[m - 1].set(s_y)   # <s, y_j>
+    col_sy = s_with_y[after].at[m - 1].set(s_y)    # <s_i, y>
+    col_yy = y_with[after, 1].at[m - 1].set(y_y)   # <y_i, y>
+    sy = _push_chronological(state.sy, row_sy, col_sy)
+    yy = _push_chronological(state.yy, col_yy, col_yy)
 
     step_size = jnp.where(
         accept, jnp.minimum(state.step_size * grow, max_step),
         state.step_size * shrink)
     state = LbfgsState(
-        x=x, value=f, grad=g, memory=memory,
+        x=x, value=f, grad=g, s=s_memory, y=y_memory, sg=sg, yg=yg,
         sy=jnp.where(push, sy, state.sy), yy=jnp.where(push, yy, state.yy),
-        age=jnp.where(push, state.age.at[slot].set(state.count), state.age),
         gamma=jnp.where(push, s_y / y_y, state.gamma),
         count=state.count + push.astype(jnp.int32),
         step_size=jnp.where(first, 1.0, step_size), accepted=accept)
-    coef = _compact_coefficients(sg, yg, state)
-    direction = -(state.gamma * g + coef @ memory)
+    order = _chronological(state.count, m)
+    coef_s, coef_y = _compact_coefficients(
+        sg[order], yg[order], state.sy, state.yy, state.gamma, state.count)
+    # Back from chronological positions to ring slots.
+    ring = (jnp.arange(m) - state.count) % m
+    direction = -(state.gamma * g + coef_s[ring] @ s_memory
+                  + coef_y[ring] @ y_memory)
     new_flat = x + state.step_size * direction
     return unravel(new_flat - flat), state
 

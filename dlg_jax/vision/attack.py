@@ -667,7 +667,8 @@ def start_if_unstarted(attack: Attack, state: AttackState,
 
 
 def attack_step(attack: Attack, params: Any, state: AttackState,
-                target: Target) -> AttackState:
+                target: Target, *, tolerance: ArrayLike | None = None
+                ) -> AttackState:
   """One optimiser step of one job.
 
   With an annealed TV weight, the value, the gradient and `value_fn` all
@@ -675,6 +676,18 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
   its last accepted point valued under an earlier weight; a decreasing
   weight makes that comparison lenient, and its curvature pairs mix the two
   weights' gradients; `tv_stages` confines both to the k - 1 stage changes.
+
+  Args:
+    attack: the attack.
+    params: the shared model's parameters.
+    state: the job's state.
+    target: what it attacks.
+    tolerance: the distance below which the job has converged, if already
+      computed (`run_steps` computes it once per scan rather than reading
+      the whole target gradient every step); None computes it here.
+
+  Returns:
+    The state after the step.
   """
   fn = lambda v: objective(attack, params, v, target, state.step)
   value, grad = jax.value_and_grad(fn)(state.variables)
@@ -683,11 +696,20 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
                       state.variables, state.best)
   best_value = jnp.where(improved, value, state.best_value)
   # Snapshots record the best point so far: what the attacker would keep.
+  # One row is written, in place, and only at a snapshot step.
   hit = jnp.asarray(attack.snapshot_steps) == state.step
-  snapshots = jnp.where(hit[:, None, None, None, None], best['x'][None],
-                        state.snapshots)
+  if len(set(attack.snapshot_steps)) == len(attack.snapshot_steps):
+    row = jnp.argmax(hit)
+    snapshots = jax.lax.dynamic_update_index_in_dim(
+        state.snapshots, jnp.where(jnp.any(hit), best['x'],
+                                   state.snapshots[row]), row, 0)
+  else:  # A repeated step fills every row that names it.
+    snapshots = jnp.where(hit[:, None, None, None, None], best['x'][None],
+                          state.snapshots)
+  if tolerance is None:
+    tolerance = _tolerance(attack, target)
   converged_step = jnp.where(
-      (state.converged_step < 0) & (best_value <= _tolerance(attack, target)),
+      (state.converged_step < 0) & (best_value <= tolerance),
       state.step, state.converged_step)
   success = batch_success(best['x'], target.ground_truth, attack.success_psnr)
   success_step = jnp.where((state.success_step < 0) & success, state.step,
@@ -717,12 +739,18 @@ def run_steps(attack: Attack, params: Any, state: AttackState, target: Target,
   it is, so a runner's chunks can all have one length (one program) while a
   job ends at exactly `attack.num_steps`.
   """
+  # Loop-invariant: the target's norm is read once, not every step.
+  tolerance = _tolerance(attack, target)
+
+  step = lambda s: attack_step(attack, params, s, target, tolerance=tolerance)
+
   def body(state, _):
-    new = attack_step(attack, params, state, target)
-    if stop_at is not None:
-      running = state.step < stop_at
-      new = jax.tree.map(lambda a, b: jnp.where(running, a, b), new, state)
-    return new, None
+    if stop_at is None:
+      return step(state), None
+    # A branch, not a select of the new state against the old: one job's
+    # loop then neither reads nor writes its L-BFGS memory once stopped
+    # (under vmap, cond is a select again).
+    return jax.lax.cond(state.step < stop_at, step, lambda s: s, state), None
   state, _ = jax.lax.scan(body, state, None, length=num_steps)
   return state
 
@@ -871,6 +899,28 @@ class Result(NamedTuple):
   compiles: int = 0
 
 
+def over_jobs(fn: Callable[..., Any], in_axes: Sequence[int | None]
+              ) -> Callable[..., Any]:
+  """`jax.vmap(fn, in_axes)`, except that a batch of one job runs unbatched.
+
+  The result has the batch axis either way. XLA's CPU backend copies the
+  L-BFGS memory (megabytes) several times per step in a vmapped loop of
+  batch 1, where it updates it in place without the batch axis; a runner
+  that attacks one job at a time (`max_parallel=1`) would pay that on
+  every step.
+  """
+  def batched(*args):
+    sizes = {jax.tree.leaves(a)[0].shape[0]
+             for a, axis in zip(args, in_axes)
+             if axis is not None and jax.tree.leaves(a)}
+    if sizes != {1}:
+      return jax.vmap(fn, in_axes=in_axes)(*args)
+    one = [a if axis is None else jax.tree.map(lambda v: v[0], a)
+           for a, axis in zip(args, in_axes)]
+    return jax.tree.map(lambda v: v[None], fn(*one))
+  return batched
+
+
 def _take(tree: Any, index: np.ndarray) -> Any:
   return jax.tree.map(lambda a: a[index], tree)
 
@@ -956,7 +1006,7 @@ def reconstruct(
   # placeholder states), not in a program of their own. params are an
   # argument, not a closed-over constant that XLA would fold into (and
   # slow) every compile.
-  chunk_fn = jax.jit(jax.vmap(
+  chunk_fn = jax.jit(over_jobs(
       lambda s, k, t, p: run_steps(attack, p, start_if_unstarted(attack, s, k),
                                    t, length, stop_at=stop_at),
       in_axes=(0, 0, 0, None)), donate_argnums=0)
