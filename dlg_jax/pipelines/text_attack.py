@@ -6,6 +6,14 @@
 also logged), `results.json` (one record per sentence and the means) and
 `config.json`. `prepare` checks the config and loads what it names before
 anything is compiled.
+
+With `config.data.batch_size = B > 1` the client takes one MLM step on each
+`B` consecutive sentences and shares one gradient (`dlg_jax.text.batch`);
+the attack reads the batch off the spans of the weight gradients
+(`dlg_jax.text.spans`) and each reference is scored against the
+reconstruction a Hungarian assignment on ROUGE-1 pairs it with (the LAMP
+protocol, `dlg_jax.text.lamp`). `config.defense` perturbs the shared
+gradient with a defense of `dlg_jax.core.defenses` first.
 """
 
 import os
@@ -16,11 +24,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from dlg_jax.core import defenses
 from dlg_jax.core import errors
 from dlg_jax.core import figures
 from dlg_jax.core import runner
 from dlg_jax.text import bert
 from dlg_jax.text import data
+from dlg_jax.text import lamp
 from dlg_jax.text import log
 from dlg_jax.text import recover
 
@@ -37,7 +47,7 @@ def _choice(config, key: str, options) -> None:
     _fail(key, f'{value!r} is not one of {sorted(options)}.')
 
 
-def _check(config: ml_collections.ConfigDict):
+def check(config: ml_collections.ConfigDict):
   """The model's shape, after checking the values nothing needs loaded."""
   try:
     model_config = bert.get_config(config.model.size)
@@ -46,6 +56,8 @@ def _check(config: ml_collections.ConfigDict):
   _choice(config, 'attack.init', ('leak', 'uniform'))
   _choice(config, 'attack.distance', ('cosine', 'l2'))
   _choice(config, 'attack.length', ('leak', 'given'))
+  if 'method' in config.attack:
+    _choice(config, 'attack.method', ('auto', 'spans'))
   if config.attack.num_steps < 0 or config.attack.log_every < 1:
     _fail('attack.num_steps', 'needs num_steps >= 0 and log_every >= 1.')
   if config.attack.max_labels is not None and config.attack.max_labels < 1:
@@ -58,7 +70,36 @@ def _check(config: ml_collections.ConfigDict):
           f'{config.data.max_length} not in [3, '
           f'{model_config.max_position_embeddings}] (the model\'s '
           'max_position_embeddings).')
+  batch_size = config.data.get('batch_size', 1)
+  if batch_size < 1:
+    _fail('data.batch_size', f'{batch_size} < 1.')
+  max_tokens = config.data.get('max_batch_tokens', None)
+  if (max_tokens is not None
+      and batch_size * config.data.max_length > max_tokens):
+    _fail('data.batch_size',
+          f'{batch_size} sentences of up to data.max_length='
+          f'{config.data.max_length} ids exceed data.max_batch_tokens='
+          f'{max_tokens} in one gradient.')
+  defense = config.get('defense', None)
+  if defense is not None and defense.name:
+    try:
+      defenses.get_defense(defense.name)
+    except ValueError as e:
+      _fail('defense.name', str(e), e)
+    if not _spans(config):
+      _fail('defense.name', 'defenses apply to the span attack; set '
+            'data.batch_size > 1 or attack.method=spans.')
+    try:
+      defenses.check_strength(defense.name, defense.strength)
+    except ValueError as e:
+      _fail('defense.strength', str(e), e)
   return model_config
+
+
+def _spans(config: ml_collections.ConfigDict) -> bool:
+  """Whether the span attack runs: batches, or `attack.method='spans'`."""
+  return (config.data.get('batch_size', 1) > 1
+          or config.attack.get('method', 'auto') == 'spans')
 
 
 def _sentences(config: ml_collections.ConfigDict):
@@ -80,6 +121,13 @@ def _sentences(config: ml_collections.ConfigDict):
     _fail('data.count', f'{count} is out of range: the data has '
           f'{len(sentences)} sentences (unset takes all).')
   sentences = sentences[:count]
+  batch_size = config.data.get('batch_size', 1)
+  if batch_size > len(sentences):
+    _fail('data.batch_size', f'{batch_size} > the {len(sentences)} sentences '
+          'attacked (data.count).')
+  if len(sentences) % batch_size:
+    _fail('data.count', f'{len(sentences)} sentences are not a multiple of '
+          f'data.batch_size={batch_size}.')
   ids = []
   for i, sentence in enumerate(sentences):
     try:
@@ -114,7 +162,7 @@ def prepare(config: ml_collections.ConfigDict):
   Raises:
     ConfigError: naming the config key at fault.
   """
-  model_config = _check(config)
+  model_config = check(config)
   tokenizer, sentences, ids = _sentences(config)
   params = _params(config, model_config)
   return model_config, params, tokenizer, sentences, ids
@@ -158,6 +206,80 @@ def attack_sentence(config: ml_collections.ConfigDict, model_config, params,
   }
 
 
+def _defense(config: ml_collections.ConfigDict, k: int):
+  """The client's defense of batch `k` as `grads -> grads`, or None."""
+  defense = config.get('defense', None)
+  if defense is None or not defense.name:
+    return None
+  fn = defenses.get_defense(defense.name)
+  key = jax.random.fold_in(jax.random.key(defense.seed), k)
+  return lambda grads: fn(key, grads, defense.strength)
+
+
+def attack_batch(config: ml_collections.ConfigDict, model_config, params,
+                 tokenizer, k: int, sentences: list[str], ids: list, emit
+                 ) -> list[dict[str, Any]]:
+  """Attacks batch `k` (sentences `k * B` on); returns one record each.
+
+  Each reference is paired with a reconstruction by the Hungarian
+  assignment on ROUGE-1 (LAMP); its text log is that reconstruction after
+  each assembly iteration, then with the labels in place.
+  """
+  size = len(sentences)
+  first = k * size
+  special = data.special_ids(tokenizer)
+  emit(f'# batch {k}: sentences {first} to {first + size - 1}, '
+       f'{sum(len(x) for x in ids)} tokens')
+  recovery = recover.recover_batch(
+      model_config, params, ids,
+      mask_keys=[jax.random.fold_in(jax.random.key(config.client.mask_seed),
+                                    first + j) for j in range(size)],
+      mask_id=special[data.MASK], cls_id=special[data.CLS],
+      sep_id=special[data.SEP], pad_id=special[data.PAD],
+      mask_rate=config.client.mask_rate, max_labels=config.attack.max_labels,
+      defense=_defense(config, k), callback=emit)
+  texts = [data.decode(tokenizer, x) for x in recovery.sentences]
+  pairs = lamp.pair_by_rouge1(texts, sentences)
+  masked = np.asarray(recovery.example.masked).sum(axis=1)
+  records = []
+  for j, (sentence, ref) in enumerate(zip(sentences, ids)):
+    r = pairs[j]
+    emit(f'# sentence {first + j}: {len(ref) - 2} word pieces')
+    if r is None:
+      rec, history, exact, score = np.zeros(0, np.int32), [], False, 1.0
+    else:
+      rec = recovery.sentences[r]
+      history = recovery.assembly.history[r] + [rec]
+      exact = recovery.assembly.exact[r]
+      score = recovery.assembly.scores[r]
+    for step, h in enumerate(history):
+      emit(log.log_line(step, data.decode(tokenizer, h)))
+    emit(log.ground_truth_line(sentence))
+    recovered = data.decode(tokenizer, rec)
+    records.append({
+        'reference': sentence,
+        'recovered': recovered,
+        **data.scores(rec[1:-1], ref[1:-1], recovered, sentence),
+        'seconds': recovery.seconds / size,
+        'batch': k,
+        'batch_seconds': recovery.seconds,
+        'iterations': max(len(history) - 1, 0),
+        'length': int(len(ref)),
+        'recovered_length': int(rec.size),
+        'masked': int(masked[j]),
+        'exact': bool(exact),
+        'span_residual': float(score),
+        'token_accuracy_by_iteration': {
+            step: data.token_accuracy(h[1:-1], ref[1:-1])
+            for step, h in enumerate(history)},
+    })
+  leak = recovery.leak
+  emit(f'# batch {k}: {len(recovery.sentences)} of {size} sentences '
+       f'recovered, {sum(recovery.assembly.exact)} exact, '
+       f'{recovery.seconds:.1f} s (ranks {leak.ranks})')
+  return records
+
+
 def summarize(config: ml_collections.ConfigDict,
               records: list[dict[str, Any]]) -> dict[str, Any]:
   """The records' means, their count and the iterations run."""
@@ -165,8 +287,17 @@ def summarize(config: ml_collections.ConfigDict,
   summary = {f'mean_{k}': float(np.mean([r[k] for r in records]))
              for k in keys}
   summary['count'] = len(records)
-  summary['iterations'] = (config.attack.num_steps // config.attack.log_every
-                           * config.attack.log_every)
+  batch_size = config.data.get('batch_size', 1)
+  if not _spans(config):
+    summary['iterations'] = (config.attack.num_steps
+                             // config.attack.log_every
+                             * config.attack.log_every)
+  else:
+    summary['batch_size'] = batch_size
+    summary['batches'] = len(records) // batch_size
+    summary['mean_seconds_per_batch'] = float(np.mean(
+        [r['batch_seconds'] for r in records[::batch_size]]))
+    summary['exact_fraction'] = float(np.mean([r['exact'] for r in records]))
   return summary
 
 
@@ -192,13 +323,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log_file.write(line + '\n')
       log_file.flush()
 
-    for i, (sentence, ids) in enumerate(zip(sentences, all_ids)):
-      record = attack_sentence(config, model_config, params, tokenizer, i,
-                               sentence, ids, emit)
-      records.append(record)
-      logging.info('sentence %d: token accuracy %.3f, ROUGE-L %.3f, %.1f s',
-                   i, record['token_accuracy'], record['rougeL'],
-                   record['seconds'])
+    batch_size = config.data.get('batch_size', 1)
+    if not _spans(config):
+      for i, (sentence, ids) in enumerate(zip(sentences, all_ids)):
+        record = attack_sentence(config, model_config, params, tokenizer, i,
+                                 sentence, ids, emit)
+        records.append(record)
+        logging.info('sentence %d: token accuracy %.3f, ROUGE-L %.3f, '
+                     '%.1f s', i, record['token_accuracy'], record['rougeL'],
+                     record['seconds'])
+    else:
+      for k in range(len(sentences) // batch_size):
+        part = slice(k * batch_size, (k + 1) * batch_size)
+        batch_records = attack_batch(config, model_config, params, tokenizer,
+                                     k, sentences[part], all_ids[part], emit)
+        records += batch_records
+        logging.info('batch %d: mean ROUGE-1 %.3f, ROUGE-2 %.3f, token '
+                     'accuracy %.3f, %.1f s', k,
+                     np.mean([r['rouge1'] for r in batch_records]),
+                     np.mean([r['rouge2'] for r in batch_records]),
+                     np.mean([r['token_accuracy'] for r in batch_records]),
+                     batch_records[0]['batch_seconds'])
   summary = summarize(config, records)
   summary['compiles'] = counter.compiles
   summary['compile_seconds'] = counter.seconds

@@ -7,7 +7,12 @@ Modules, each importing only those above it:
   leakage: what that gradient gives away directly: length, input tokens
     with their positions, and the masked tokens.
   relaxed: the attack, DLG over soft tokens restricted by the leak.
-  recover: one sentence end to end, the client's step then the attack.
+  batch: the client's masked-LM step on a batch of sentences.
+  spans: the batch attack, from the spans of the weight gradients (DAGER):
+    bag, rows, (token, position) pairs, lengths, sentences, labels.
+  lamp: the LAMP protocol's pairing of reconstructions with references.
+  recover: end to end, the client's step then the attack (one sentence, or
+    a batch).
   log: the DLG paper's per-iteration text log.
 
 Imports `dlg_jax.core`, never `dlg_jax.vision` or the pipelines.

@@ -1,9 +1,11 @@
-"""One sentence end to end: the client's MLM step, the leak, the attack.
+"""Attacks end to end: the client's MLM step, the leak, the attack.
 
-`recover_sentence` plays both sides: the client masks its sentence and
-shares the gradient (`dlg_jax.text.client`); the attacker reads what the
-gradient leaks (`dlg_jax.text.leakage`) and runs the relaxed optimisation
-(`dlg_jax.text.relaxed`) on it.
+`recover_sentence` plays both sides for one sentence: the client masks its
+sentence and shares the gradient (`dlg_jax.text.client`); the attacker
+reads what the gradient leaks (`dlg_jax.text.leakage`) and runs the relaxed
+optimisation (`dlg_jax.text.relaxed`) on it. `recover_batch` does the same
+for a batch of sentences in one gradient (`dlg_jax.text.batch`), attacked
+through the spans of the weight gradients (`dlg_jax.text.spans`).
 
 References:
   Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, sec. 4.2.
@@ -13,16 +15,20 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+import numpy as np
 
+from dlg_jax.text import batch
 from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import leakage
 from dlg_jax.text import relaxed
+from dlg_jax.text import spans
 
 Params = Any
 
@@ -86,3 +92,63 @@ def recover_sentence(config: bert.BertConfig, params: Params,
   result = relaxed.attack(config, params, target, leak, key=attack_key,
                           mask_id=mask_id, **attack_kwargs)
   return Recovery(example, leak, result, time.perf_counter() - start)
+
+
+class BatchRecovery(NamedTuple):
+  """A batch attacked end to end (`recover_batch`)."""
+  example: batch.BatchExample
+  leak: spans.BatchLeak
+  assembly: spans.Assembly
+  sentences: list[np.ndarray]  # recovered, labels in place, any order
+  seconds: float  # the attacker's wall time: leak, assembly and labels
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def _batch_gradient(example, params, *, config):
+  return batch.batch_gradient(config, params, example)
+
+
+def recover_batch(config: bert.BertConfig, params: Params,
+                  sentences: Sequence[ArrayLike], *,
+                  mask_keys: Sequence[jax.Array], mask_id: int, cls_id: int,
+                  sep_id: int, pad_id: int = 0, mask_rate: float = 0.15,
+                  bucket: int = 8, max_labels: int | None = None,
+                  defense: Callable[[Params], Params] | None = None,
+                  callback: Callable[[str], None] | None = None
+                  ) -> BatchRecovery:
+  """The client's MLM step on a batch, then the span attack on its gradient.
+
+  Args:
+    config: the model's shape.
+    params: the shared model.
+    sentences: `B` arrays of `[n_b]` ids, `[CLS] ... [SEP]`.
+    mask_keys: `B` PRNG keys of the client's masking, one per sentence.
+    mask_id: id of `[MASK]`.
+    cls_id: id of `[CLS]`.
+    sep_id: id of `[SEP]`.
+    pad_id: id of `[PAD]`.
+    mask_rate: fraction of word pieces the client predicts.
+    bucket: the batch is padded to a multiple of this length (padding does
+      not change the gradient), so that batches share a compilation.
+    max_labels: cap on the leaked labels (None: all).
+    defense: applied by the client to its gradient before sharing.
+    callback: receives a line on what was leaked.
+
+  Returns:
+    The `BatchRecovery`.
+  """
+  longest = max(int(np.asarray(s).size) for s in sentences)
+  length = min(-(-longest // bucket) * bucket, config.max_position_embeddings)
+  example = batch.mask_batch(sentences, mask_keys, mask_id=mask_id,
+                             pad_id=pad_id, rate=mask_rate, length=length)
+  target = _batch_gradient(example, params, config=config)
+  if defense is not None:
+    target = defense(target)
+  target = jax.block_until_ready(target)
+  start = time.perf_counter()
+  leak, assembly, recovered = spans.recover_inputs(
+      config, params, target, batch_size=len(sentences), cls_id=cls_id,
+      sep_id=sep_id, mask_id=mask_id, max_labels=max_labels,
+      callback=callback)
+  return BatchRecovery(example, leak, assembly, recovered,
+                       time.perf_counter() - start)
