@@ -278,7 +278,9 @@ class LauncherTest(parameterized.TestCase):
     self.assertGreater(accuracy[1e-4], 0.5)
     self.assertLess(accuracy[10.0], 0.3)
     with open(os.path.join(workdir, 'table.md')) as f:
-      self.assertIn('model accuracy under it', f.read())
+      table = f.read()
+    self.assertIn('model accuracy under it', table)
+    self.assertIn('mean LPIPS', table)
 
   @parameterized.named_parameters(
       ('unknown_defense', {'defenses': ('gaussian', 'blur')},

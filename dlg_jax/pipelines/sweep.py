@@ -139,11 +139,12 @@ def write_tables(workdir: str, rows: list[dict[str, Any]],
   acc = lambda a: '-' if a is None else f'{a:.3f}'
   lines = [f'| defense | strength | mean PSNR (dB) | success rate '
            f'(PSNR >= {success_psnr:g}, label right) | mean SSIM | '
-           'model accuracy under it |',
-           '|---|---|---|---|---|---|']
+           'mean LPIPS | model accuracy under it |',
+           '|---|---|---|---|---|---|---|']
   lines += [f'| {r["defense"]} | {r["strength"]:g} | {r["mean_psnr"]:.2f} | '
             f'{r["success_rate"]:.2f} | {r["mean_ssim"]:.3f} | '
-            f'{acc(r.get("accuracy"))} |' for r in rows]
+            f'{acc(r.get("mean_lpips"))} | {acc(r.get("accuracy"))} |'
+            for r in rows]
   if baseline_accuracy is not None:
     lines += ['', f'Accuracy without a defense: {baseline_accuracy:.3f} '
               '(dlg_jax.vision.utility: a ReLU LeNet trained with SGD on the '
