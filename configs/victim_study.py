@@ -22,8 +22,10 @@ held-out accuracy; the checkpoints' accuracies), `study.md` (the table) and
 `study.png` (the originals, then a row of reconstructions per cell). A
 rerun with the same workdir reads finished cells and checkpoints back.
 
-Expected cost: the whole study has not been run here; on the 2-core CPU
-it is an estimate of roughly two hours. Its basis: a step of the ConvNet
+Measured cost with `--config.data.count=2` on the 2-core CPU, shared with
+other work: the LeNet and ConvNet cells took 0.2 to 110 s per image (README);
+ResNet-18's training 63 minutes and its six 300-step cells 22 minutes. The
+estimate made before it ran: a step of the ConvNet
 attacks costs ~13 ms per image and restart on a quiet machine
 (docs/victims.md), so each ConvNet cell (4 images; DLG up to 6,000 L-BFGS
 steps, IG 2,000 steps x 2 restarts) takes 3-5 minutes; the LeNet cells are
