@@ -360,23 +360,6 @@ def analyse_batch_leak(config: bert.BertConfig, params: Params,
                    attention_basis=attention_basis)
 
 
-def pair_residuals(config: bert.BertConfig, params: Params, grads: Params,
-                   tokens: np.ndarray, length: int) -> np.ndarray:
-  """Step 4's test of `tokens` at every position below `length`.
-
-  Returns:
-    `[len(tokens), length]` the relative distance of each pair's FFN hidden
-    row (attention output at its bias) from the span of the gradient of
-    layer 0's FFN output kernel; zeros where that span fills the space.
-  """
-  basis, rank = span(grads['layer_0']['output']['kernel'])
-  tokens = np.asarray(tokens)
-  if not rank:
-    return np.zeros((tokens.size, length))
-  return residual(_Layer0(config, params).hidden_without_context(
-      tokens[:, None], np.arange(length)[None, :]), basis)
-
-
 # ---------------------------------------------------------------------------
 # Assembly (step 5).
 
