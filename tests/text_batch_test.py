@@ -1,4 +1,5 @@
-"""Tests of the text attack on batches: dlg_jax/text/{batch,spans,lamp}.py.
+"""Tests of the text attack on batches: dlg_jax/text/{batch,spans,lamp}.py
+and the relaxed fallback, dlg_jax/text/batch_relaxed.py.
 
 The end-to-end test uses a 2-layer, 64-wide BERT with BERT's vocabulary:
 the 'tiny' model (32 wide) is nearly linear at initialisation, so its FFN
@@ -17,6 +18,7 @@ from configs import bert as bert_config
 from dlg_jax.core import errors
 from dlg_jax.pipelines import text_attack
 from dlg_jax.text import batch
+from dlg_jax.text import batch_relaxed
 from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import data
@@ -127,6 +129,68 @@ class BatchAttackTest(absltest.TestCase):
       np.testing.assert_array_equal(rec.sentences[j], ref)
 
 
+class FallbackTest(absltest.TestCase):
+
+  def test_lengths_keep_every_leaked_length_and_sum_to_the_rows(self):
+    leak = spans.BatchLeak(
+        length=10, bag=np.arange(5), candidates=[], lengths=np.array(
+            [10, 8, 6]), rows=30, labels=np.zeros(0, np.int64), ranks={},
+        pair_threshold=0.0, attention_basis=np.zeros((4, 0)))
+    lengths = batch_relaxed.batch_lengths(
+        None, None, None, leak, [], batch_size=4, sep_id=102, trusted=True)
+    self.assertEqual(lengths, [10, 8, 6, 6])
+    self.assertEqual(batch_relaxed.batch_lengths(
+        None, None, None, leak._replace(rows=36), [], batch_size=5,
+        sep_id=102, trusted=True), [10, 8, 6, 6, 6])
+    # one sentence held fixed, B = 2: the other length is N minus it.
+    self.assertEqual(batch_relaxed.batch_lengths(
+        None, None, None, leak._replace(rows=17), [10], batch_size=2,
+        sep_id=102, trusted=True), [7])
+    # N unknown: no lengths, no fallback.
+    self.assertEqual(batch_relaxed.batch_lengths(
+        None, None, None, leak._replace(rows=0), [], batch_size=4,
+        sep_id=102, trusted=True), [])
+
+  def test_fallback_holds_exact_sentences_and_repairs_the_others(self):
+    tok = data.make_tokenizer()
+    ids = [data.encode(tok, s, max_length=32) for s in SENTENCES[2:]]
+    params = bert.init_params(SMALL, jax.random.key(0))
+    example = batch.mask_batch(ids, [jax.random.key(b) for b in range(2)],
+                               mask_id=MASK, length=8)
+    grads = jax.jit(batch.batch_gradient, static_argnums=0)(
+        SMALL, params, example)
+    leak = spans.analyse_batch_leak(SMALL, params, grads, cls_id=101,
+                                    sep_id=102)
+    truth = [np.asarray(example.inputs)[b, :len(x)]
+             for b, x in enumerate(ids)]
+    # The assembly as if it had verified the first sentence only, its
+    # guess of the second wrong at two positions; every leaked token is a
+    # candidate at every position, so the order is the optimisation's.
+    guess = truth[1].copy()
+    guess[1], guess[2] = guess[2], guess[1]
+    assembly = spans.Assembly(inputs=[truth[0], guess], exact=[True, False],
+                              scores=[0.0, 0.1], history=[[truth[0]],
+                                                          [guess]])
+    result = batch_relaxed.fallback(
+        SMALL, params, grads, leak, assembly, batch_size=2,
+        key=jax.random.key(0), cls_id=101, sep_id=102, mask_id=MASK,
+        num_steps=40, log_every=20, span_weight=1.0, candidates='bag',
+        sweeps=0)
+    self.assertEqual(result.fixed, [True, False])
+    self.assertEqual(result.source, [0, 1])
+    np.testing.assert_array_equal(result.inputs[0], truth[0])
+    self.assertLess(result.losses[-1], 0.1 * result.losses[0])
+    self.assertEqual(result.steps.tolist(), [0, 20, 40])
+    self.assertEqual(result.history[1].shape, (3, truth[1].size))
+    self.assertGreaterEqual(
+        data.token_accuracy(result.inputs[1], truth[1]), 0.85)
+    # "exact" is the span test's verdict on what was decoded.
+    for x, exact in zip(result.inputs, result.exact):
+      self.assertEqual(exact, spans.sentence_residual(
+          SMALL, params, grads, x) < spans.EXACT_TOL)
+    self.assertTrue(result.exact[0])
+
+
 class BatchPipelineTest(absltest.TestCase):
 
   def setUp(self):
@@ -166,6 +230,12 @@ class BatchPipelineTest(absltest.TestCase):
     config = self._config()
     config.attack.method = 'magic'
     self._expect(config, r'attack\.method', 'magic')
+    config = self._config()
+    config.attack.fallback = 'magic'
+    self._expect(config, r'attack\.fallback', 'magic')
+    config = self._config()
+    config.attack.fallback_steps = -1
+    self._expect(config, r'attack\.fallback_steps', '< 0')
 
   def test_batch_run_writes_paired_records(self):
     workdir = os.path.join(self.tmp, 'run')
@@ -179,7 +249,8 @@ class BatchPipelineTest(absltest.TestCase):
     for record, sentence in zip(results['records'], SENTENCES):
       self.assertEqual(record['reference'], sentence)
       for key in ('recovered', 'token_accuracy', 'rouge1', 'rouge2',
-                  'rougeL', 'seconds', 'batch_seconds', 'exact'):
+                  'rougeL', 'seconds', 'batch_seconds', 'exact',
+                  'fallback'):
         self.assertIn(key, record)
     self.assertEqual(results['summary']['batch_size'], 2)
     with open(os.path.join(workdir, 'text_log.txt')) as f:

@@ -10,9 +10,11 @@ anything is compiled.
 With `config.data.batch_size = B > 1` the client takes one MLM step on each
 `B` consecutive sentences and shares one gradient (`dlg_jax.text.batch`);
 the attack reads the batch off the spans of the weight gradients
-(`dlg_jax.text.spans`) and each reference is scored against the
-reconstruction a Hungarian assignment on ROUGE-1 pairs it with (the LAMP
-protocol, `dlg_jax.text.lamp`). `config.defense` perturbs the shared
+(`dlg_jax.text.spans`), with `config.attack.fallback='dlg'` the relaxed
+batch optimisation (`dlg_jax.text.batch_relaxed`) where a sentence fails the
+exact span test, and each reference is scored against the reconstruction a
+Hungarian assignment on ROUGE-1 pairs it with (the LAMP protocol,
+`dlg_jax.text.lamp`). `config.defense` perturbs the shared
 gradient with a defense of `dlg_jax.core.defenses` first.
 """
 
@@ -28,6 +30,7 @@ from dlg_jax.core import defenses
 from dlg_jax.core import errors
 from dlg_jax.core import figures
 from dlg_jax.core import runner
+from dlg_jax.text import batch_relaxed
 from dlg_jax.text import bert
 from dlg_jax.text import data
 from dlg_jax.text import lamp
@@ -60,6 +63,20 @@ def check(config: ml_collections.ConfigDict):
     _choice(config, 'attack.method', ('auto', 'spans'))
   if config.attack.num_steps < 0 or config.attack.log_every < 1:
     _fail('attack.num_steps', 'needs num_steps >= 0 and log_every >= 1.')
+  if 'fallback' in config.attack:
+    _choice(config, 'attack.fallback', recover.FALLBACKS)
+    _choice(config, 'attack.fallback_candidates', batch_relaxed.CANDIDATES)
+    if config.attack.fallback_steps < 0:
+      _fail('attack.fallback_steps', f'{config.attack.fallback_steps} < 0.')
+    if config.attack.fallback_log_every < 1:
+      _fail('attack.fallback_log_every',
+            f'{config.attack.fallback_log_every} < 1.')
+    if not config.attack.fallback_learning_rate > 0:
+      _fail('attack.fallback_learning_rate',
+            f'{config.attack.fallback_learning_rate} is not > 0.')
+    if not config.attack.fallback_span_weight >= 0:
+      _fail('attack.fallback_span_weight',
+            f'{config.attack.fallback_span_weight} < 0.')
   if config.attack.max_labels is not None and config.attack.max_labels < 1:
     _fail('attack.max_labels', f'{config.attack.max_labels} < 1; unset '
           'keeps every leaked label.')
@@ -216,6 +233,45 @@ def _defense(config: ml_collections.ConfigDict, k: int):
   return lambda grads: fn(key, grads, defense.strength)
 
 
+def _fallback_kwargs(config: ml_collections.ConfigDict, k: int
+                     ) -> dict[str, Any]:
+  """`recover_batch`'s fallback arguments for batch `k`."""
+  attack = config.attack
+  if attack.get('fallback', 'none') == 'none':
+    return {}
+  return dict(fallback=attack.fallback,
+              fallback_key=jax.random.fold_in(jax.random.key(config.seed), k),
+              num_steps=attack.fallback_steps,
+              log_every=attack.fallback_log_every,
+              learning_rate=attack.fallback_learning_rate,
+              span_weight=attack.fallback_span_weight,
+              candidates=attack.fallback_candidates,
+              distance=attack.distance)
+
+
+def _history(recovery: recover.BatchRecovery, r: int
+             ) -> tuple[list[int], list[np.ndarray], bool, float, bool]:
+  """`(steps, sentences, exact, residual, fallback)` of reconstruction `r`.
+
+  The assembly's iterations, then (where the fallback relaxed it) the
+  fallback's snapshots, then the sentence with its labels in place.
+  """
+  fb = recovery.fallback
+  if fb is None:
+    history = recovery.assembly.history[r] + [recovery.sentences[r]]
+    return (list(range(len(history))), history, recovery.assembly.exact[r],
+            recovery.assembly.scores[r], False)
+  source = fb.source[r]
+  history = list(recovery.assembly.history[source]) if source >= 0 else []
+  steps = list(range(len(history)))
+  if not fb.fixed[r]:
+    steps += [len(history) + int(s) for s in fb.steps]
+    history += list(fb.history[r])
+  steps.append(steps[-1] + 1 if steps else 0)
+  history.append(fb.sentences[r])
+  return steps, history, fb.exact[r], fb.scores[r], not fb.fixed[r]
+
+
 def attack_batch(config: ml_collections.ConfigDict, model_config, params,
                  tokenizer, k: int, sentences: list[str], ids: list, emit
                  ) -> list[dict[str, Any]]:
@@ -223,7 +279,9 @@ def attack_batch(config: ml_collections.ConfigDict, model_config, params,
 
   Each reference is paired with a reconstruction by the Hungarian
   assignment on ROUGE-1 (LAMP); its text log is that reconstruction after
-  each assembly iteration, then with the labels in place.
+  each assembly iteration, then (where the fallback relaxed it) at each of
+  the fallback's snapshots, `[iter=k]` counting on from the assembly's, then
+  with the labels in place.
   """
   size = len(sentences)
   first = k * size
@@ -237,7 +295,8 @@ def attack_batch(config: ml_collections.ConfigDict, model_config, params,
       mask_id=special[data.MASK], cls_id=special[data.CLS],
       sep_id=special[data.SEP], pad_id=special[data.PAD],
       mask_rate=config.client.mask_rate, max_labels=config.attack.max_labels,
-      defense=_defense(config, k), callback=emit)
+      defense=_defense(config, k), callback=emit,
+      **_fallback_kwargs(config, k))
   texts = [data.decode(tokenizer, x) for x in recovery.sentences]
   pairs = lamp.pair_by_rouge1(texts, sentences)
   masked = np.asarray(recovery.example.masked).sum(axis=1)
@@ -246,13 +305,12 @@ def attack_batch(config: ml_collections.ConfigDict, model_config, params,
     r = pairs[j]
     emit(f'# sentence {first + j}: {len(ref) - 2} word pieces')
     if r is None:
-      rec, history, exact, score = np.zeros(0, np.int32), [], False, 1.0
+      rec, steps, history = np.zeros(0, np.int32), [], []
+      exact, score, relaxed = False, 1.0, False
     else:
       rec = recovery.sentences[r]
-      history = recovery.assembly.history[r] + [rec]
-      exact = recovery.assembly.exact[r]
-      score = recovery.assembly.scores[r]
-    for step, h in enumerate(history):
+      steps, history, exact, score, relaxed = _history(recovery, r)
+    for step, h in zip(steps, history):
       emit(log.log_line(step, data.decode(tokenizer, h)))
     emit(log.ground_truth_line(sentence))
     recovered = data.decode(tokenizer, rec)
@@ -263,20 +321,26 @@ def attack_batch(config: ml_collections.ConfigDict, model_config, params,
         'seconds': recovery.seconds / size,
         'batch': k,
         'batch_seconds': recovery.seconds,
-        'iterations': max(len(history) - 1, 0),
+        'iterations': steps[-1] if steps else 0,
         'length': int(len(ref)),
         'recovered_length': int(rec.size),
         'masked': int(masked[j]),
         'exact': bool(exact),
         'span_residual': float(score),
+        'fallback': bool(relaxed),
         'token_accuracy_by_iteration': {
             step: data.token_accuracy(h[1:-1], ref[1:-1])
-            for step, h in enumerate(history)},
+            for step, h in zip(steps, history)},
     })
   leak = recovery.leak
+  fb = recovery.fallback
+  exact = recovery.assembly.exact if fb is None else fb.exact
   emit(f'# batch {k}: {len(recovery.sentences)} of {size} sentences '
-       f'recovered, {sum(recovery.assembly.exact)} exact, '
-       f'{recovery.seconds:.1f} s (ranks {leak.ranks})')
+       f'recovered, {sum(exact)} exact'
+       + ('' if fb is None else f' ({sum(not f for f in fb.fixed)} by the '
+          f'fallback, gradient objective {fb.losses[0]:.4f} -> '
+          f'{fb.losses[-1]:.4f})')
+       + f', {recovery.seconds:.1f} s (ranks {leak.ranks})')
   return records
 
 
@@ -298,6 +362,8 @@ def summarize(config: ml_collections.ConfigDict,
     summary['mean_seconds_per_batch'] = float(np.mean(
         [r['batch_seconds'] for r in records[::batch_size]]))
     summary['exact_fraction'] = float(np.mean([r['exact'] for r in records]))
+    summary['fallback_fraction'] = float(np.mean(
+        [r.get('fallback', False) for r in records]))
   return summary
 
 

@@ -5,7 +5,9 @@ sentence and shares the gradient (`dlg_jax.text.client`); the attacker
 reads what the gradient leaks (`dlg_jax.text.leakage`) and runs the relaxed
 optimisation (`dlg_jax.text.relaxed`) on it. `recover_batch` does the same
 for a batch of sentences in one gradient (`dlg_jax.text.batch`), attacked
-through the spans of the weight gradients (`dlg_jax.text.spans`).
+through the spans of the weight gradients (`dlg_jax.text.spans`), with the
+relaxed batch optimisation (`dlg_jax.text.batch_relaxed`) as the fallback
+where a sentence fails the exact span test.
 
 References:
   Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019, sec. 4.2.
@@ -24,6 +26,7 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from dlg_jax.text import batch
+from dlg_jax.text import batch_relaxed
 from dlg_jax.text import bert
 from dlg_jax.text import client
 from dlg_jax.text import leakage
@@ -94,13 +97,27 @@ def recover_sentence(config: bert.BertConfig, params: Params,
   return Recovery(example, leak, result, time.perf_counter() - start)
 
 
+FALLBACKS = ('dlg', 'none')
+
+
 class BatchRecovery(NamedTuple):
-  """A batch attacked end to end (`recover_batch`)."""
+  """A batch attacked end to end (`recover_batch`).
+
+  Attributes:
+    example: the client's batch.
+    leak: what the spans gave away.
+    assembly: the sentences the span assembly found.
+    sentences: the recovered sentences, labels in place, any order: the
+      fallback's where it ran, else the assembly's.
+    seconds: the attacker's wall time: leak, assembly, fallback and labels.
+    fallback: the fallback's result, None where it did not run.
+  """
   example: batch.BatchExample
   leak: spans.BatchLeak
   assembly: spans.Assembly
-  sentences: list[np.ndarray]  # recovered, labels in place, any order
-  seconds: float  # the attacker's wall time: leak, assembly and labels
+  sentences: list[np.ndarray]
+  seconds: float
+  fallback: batch_relaxed.FallbackResult | None = None
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -114,9 +131,17 @@ def recover_batch(config: bert.BertConfig, params: Params,
                   sep_id: int, pad_id: int = 0, mask_rate: float = 0.15,
                   bucket: int = 8, max_labels: int | None = None,
                   defense: Callable[[Params], Params] | None = None,
-                  callback: Callable[[str], None] | None = None
-                  ) -> BatchRecovery:
+                  callback: Callable[[str], None] | None = None,
+                  fallback: str = 'none',
+                  fallback_key: jax.Array | None = None,
+                  **fallback_kwargs) -> BatchRecovery:
   """The client's MLM step on a batch, then the span attack on its gradient.
+
+  Where the span assembly leaves a sentence unverified (fewer than `B`
+  sentences, or one failing the exact span test) and `fallback='dlg'`, the
+  relaxed batch optimisation (`dlg_jax.text.batch_relaxed.fallback`) takes
+  over from the assembly's guesses, its exact sentences held fixed; an
+  exact assembly is returned as it is.
 
   Args:
     config: the model's shape.
@@ -132,11 +157,20 @@ def recover_batch(config: bert.BertConfig, params: Params,
       not change the gradient), so that batches share a compilation.
     max_labels: cap on the leaked labels (None: all).
     defense: applied by the client to its gradient before sharing.
-    callback: receives a line on what was leaked.
+    callback: receives a line on what was leaked (and, in the fallback, a
+      line per snapshot).
+    fallback: 'dlg' or 'none' (see above).
+    fallback_key: PRNG key of the fallback's starts and initial noise
+      (None: key 0). The fallback assumes the client's `mask_rate` (the
+      protocol's, known to the server) when it decodes.
+    **fallback_kwargs: passed on to `dlg_jax.text.batch_relaxed.fallback`.
 
   Returns:
     The `BatchRecovery`.
   """
+  if fallback not in FALLBACKS:
+    raise ValueError(f'Unknown fallback {fallback!r}; choose one of '
+                     f'{FALLBACKS}.')
   longest = max(int(np.asarray(s).size) for s in sentences)
   length = min(-(-longest // bucket) * bucket, config.max_position_embeddings)
   example = batch.mask_batch(sentences, mask_keys, mask_id=mask_id,
@@ -150,5 +184,18 @@ def recover_batch(config: bert.BertConfig, params: Params,
       config, params, target, batch_size=len(sentences), cls_id=cls_id,
       sep_id=sep_id, mask_id=mask_id, max_labels=max_labels,
       callback=callback)
+  result = None
+  if fallback == 'dlg' and (len(assembly.inputs) < len(sentences)
+                            or not all(assembly.exact)):
+    def report(step, value):
+      if callback:
+        callback(f'fallback: step {step}, objective {value:.4f}')
+    result = batch_relaxed.fallback(
+        config, params, target, leak, assembly, batch_size=len(sentences),
+        key=jax.random.key(0) if fallback_key is None else fallback_key,
+        cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
+        mask_rate=mask_rate, callback=report, **fallback_kwargs)
+    if result is not None:
+      recovered = result.sentences
   return BatchRecovery(example, leak, assembly, recovered,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, result)

@@ -43,7 +43,9 @@ exact (`d` is the hidden size, `f` the FFN width, 4 d in BERT):
    (float noise, about 1e-5, against 1e-3 and more for any wrong token);
    if it fails, coordinate descent on that test over the candidates. Same-
    length sentences are found by excluding one token of a found sentence
-   at a time.
+   at a time. Sentences left unverified go to the relaxed batch
+   optimisation (`dlg_jax.text.batch_relaxed`), whose results `descend`
+   (the same coordinate descent, from a given sentence) may make exact.
 6. Masked labels (`place_labels`): with the inputs known, the decoder-bias
    gradient gives each label's exact count, and the word-gradient row of a
    label `v` is `in_v + (1/M) sum_p (softmax_p[v] - [y_p = v]) h_p`; all
@@ -360,6 +362,23 @@ def analyse_batch_leak(config: bert.BertConfig, params: Params,
                    attention_basis=attention_basis)
 
 
+def pair_residuals(config: bert.BertConfig, params: Params, grads: Params,
+                   tokens: np.ndarray, length: int) -> np.ndarray:
+  """Step 4's test of `tokens` at every position below `length`.
+
+  Returns:
+    `[len(tokens), length]` the relative distance of each pair's FFN hidden
+    row (attention output at its bias) from the span of the gradient of
+    layer 0's FFN output kernel; zeros where that span fills the space.
+  """
+  basis, rank = span(grads['layer_0']['output']['kernel'])
+  tokens = np.asarray(tokens)
+  if not rank:
+    return np.zeros((tokens.size, length))
+  return residual(_Layer0(config, params).hidden_without_context(
+      tokens[:, None], np.arange(length)[None, :]), basis)
+
+
 # ---------------------------------------------------------------------------
 # Assembly (step 5).
 
@@ -495,6 +514,30 @@ def _solve_length(slots: _Slots, basis: np.ndarray, allowed: np.ndarray,
     history += more
     score = float(_score(slots, choice, basis))
   return choice, score, history
+
+
+def descend(config: bert.BertConfig, params: Params, grads: Params,
+            ids: np.ndarray, options: list[np.ndarray], *, sweeps: int = 2
+            ) -> tuple[np.ndarray, float]:
+  """Coordinate descent on the exact span test from the sentence `ids`.
+
+  Position by position, the token of `options[i]` (which must hold
+  `ids[i]`) of least span residual (`sentence_residual`) replaces
+  `ids[i]`, for at most `sweeps` sweeps or until the test passes.
+
+  Returns:
+    `(ids, residual)`: the sentence `[n]` and its span residual.
+  """
+  layer0 = _Layer0(config, params)
+  basis, _ = span(grads['layer_0']['attention_output']['kernel'])
+  slots = _slots(layer0, [np.asarray(o) for o in options])
+  ids = np.asarray(ids)
+  choice = np.array([int(np.flatnonzero(slots.ids[i] == t)[0])
+                     for i, t in enumerate(ids)])
+  if _score(slots, choice, basis) >= EXACT_TOL:
+    choice, _ = _descend(slots, choice, basis, slots.valid, sweeps)
+  return (slots.ids[np.arange(ids.size), choice],
+          float(_score(slots, choice, basis)))
 
 
 def assemble(config: bert.BertConfig, params: Params, leak: BatchLeak, *,
