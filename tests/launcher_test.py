@@ -273,6 +273,11 @@ class BadInputTest(parameterized.TestCase):
       ('features_of_a_batch',
        {'data.batch_size': 2, 'attack.label_method': 'count'},
        r'^config\.attack\.feature_weight: .*needs batch 1'),
+      ('smoothing_to_the_end', {'attack.relu_smoothing': ((1.0, 10.0),)},
+       r'^config\.attack\.relu_smoothing: .*ends increasing in \(0, 1\)'),
+      ('smoothing_without_relus',
+       {'attack.relu_smoothing': ((0.5, 10.0),), 'model.activation': 'gelu'},
+       r'^config\.attack\.relu_smoothing: .*computes none'),
   )
   def test_bad_ig_config_names_the_key(self, overrides, message):
     workdir = os.path.join(

@@ -296,6 +296,43 @@ class NormTest(parameterized.TestCase):
     self.assertEqual(models.has_relu(models.make_apply_fn(model), params,
                                      (8, 8, 3)), expected)
 
+  def test_smooth_relu_rounds_every_relu_and_nothing_else(self):
+    model = models.get_model('convnet', num_classes=10, widths=(4,))
+    x = jnp.asarray(data.load_bundled('cifar100').x[:2, ::4, ::4])
+    params = models.init_params(model, jax.random.key(0), x.shape[1:])
+    apply_fn = models.make_apply_fn(model)
+    exact = apply_fn(params, x)
+    # Sharpness 0 is the model itself, bit for bit.
+    np.testing.assert_array_equal(models.smooth_relu(apply_fn, 0.0)(
+        params, x), exact)
+    # It is the same model with softplus(s z) / s for its activation.
+    for s in (10.0, 1000.0):
+      models.ACTIVATIONS['_test_softplus'] = (
+          lambda z, s=s: jax.nn.softplus(s * z) / s)
+      try:
+        soft = models.get_model('convnet', num_classes=10, widths=(4,),
+                                activation='_test_softplus')
+        want = models.make_apply_fn(soft)(params, x)
+      finally:
+        del models.ACTIVATIONS['_test_softplus']
+      got = jax.jit(lambda p, s: models.smooth_relu(apply_fn, s)(p, x))(
+          params, s)
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    self.assertGreater(float(jnp.abs(got - exact).max()), 0.0)
+    # A sigmoid model has no ReLU: unchanged.
+    sig = models.get_model('convnet', num_classes=10, widths=(4,),
+                           activation='sigmoid')
+    sig_fn = models.make_apply_fn(sig)
+    np.testing.assert_array_equal(
+        models.smooth_relu(sig_fn, 10.0)(params, x), sig_fn(params, x))
+
+  def test_smooth_relu_refuses_a_relu_inside_control_flow(self):
+    def scanned(x):
+      return jax.lax.scan(lambda c, _: (jax.nn.relu(c), None), x, None,
+                          length=2)[0]
+    with self.assertRaisesRegex(NotImplementedError, 'scan'):
+      models.smooth_relu(scanned, 10.0)(jnp.ones(3))
+
   def test_bad_norm_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'Unknown norm'):
       models.get_model('convnet', num_classes=10, norm='layer')

@@ -169,10 +169,14 @@ class ConfigTest(parameterized.TestCase):
     config = study_config.get_config()
     self.assertEqual(config.attacks.dlg.to_dict(),
                      mnist_config.get_config().attack.to_dict())
-    ig = ig_config.get_config().attack.to_dict()
+    # The IG recipe as the study measured it: before its ReLU smoothing.
+    ig = {**ig_config.get_config().attack.to_dict(), 'num_steps': 2000,
+          'restarts': 2, 'relu_smoothing': ()}
     self.assertEqual(config.attacks.ig.to_dict(), ig)
     self.assertEqual(config.attacks.ig_bn.to_dict(),
                      {**ig, 'bn_weight': 0.01, 'feature_weight': 0.0})
+    self.assertEqual(config.attacks.ig_bn.to_dict(),
+                     ig_config.get_config('bn').attack.to_dict())
     self.assertEqual(len(victim_study.cells(config)), 4 * 2 * 3)
 
   def test_batch_norm_cells(self):

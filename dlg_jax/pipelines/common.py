@@ -473,12 +473,31 @@ def check_victim(attack: attack_lib.Attack, model,
         'BatchNorm layer (config.model.norm=batch has).')
   if attack.objective.feature_weight:
     _check_classifier_input(attack, params, x)
+  if attack.objective.relu_smoothing:
+    _check_relu_smoothing(attack, params, x, image_shape)
   if (attack.optimization.optimizer != 'adam'
       and models.has_relu(attack.threat.apply_fn, params, image_shape)):
     logging.warning(
         'The victim computes ReLUs: DLG\'s L-BFGS stalls on them (a ReLU '
         'ConvNet ends at 11-21 dB on CIFAR-100, docs/victims.md); '
         'configs/ig.py is the attack the field uses on such victims.')
+
+
+def _check_relu_smoothing(attack: attack_lib.Attack, params: Any,
+                          x: jax.ShapeDtypeStruct,
+                          image_shape: tuple[int, ...]) -> None:
+  """`Objective.relu_smoothing` needs ReLUs it can reach, outside loops."""
+  smoothing = attack.objective.relu_smoothing
+  if not models.has_relu(attack.threat.apply_fn, params, image_shape):
+    raise errors.ConfigError(
+        f'config.attack.relu_smoothing: {smoothing} smooths the victim\'s '
+        'ReLUs, but the model computes none (max(z, 0)); unset it.')
+  try:
+    jax.eval_shape(models.smooth_relu(attack.threat.apply_fn, 1.0),
+                   params, x)
+  except NotImplementedError as e:
+    raise errors.ConfigError(
+        f'config.attack.relu_smoothing: {e}') from None
 
 
 def _is_orbax_info(record: py_logging.LogRecord) -> bool:

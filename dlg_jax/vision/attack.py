@@ -184,6 +184,15 @@ class Objective:
       off, while `phi` is continuous in the image, so this term still
       points the way near the truth (docs/victims.md). Needs batch 1 and a
       FedSGD client. 0 is off.
+    relu_smoothing: a continuation through the ReLU staircase:
+      `((end, sharpness), ...)`, each `end` a fraction of the optimiser's
+      `num_steps`, increasing in (0, 1). Until `end * num_steps` steps the
+      attacker's copy of the victim computes every ReLU as
+      `softplus(sharpness * z) / sharpness` (`models.smooth_relu`),
+      rounding each unit's switch over a width of about `1 / sharpness` in
+      its input; after the last stage, the victim exactly. The best point is
+      kept within each stage (a stage change starts it afresh), so the
+      result is judged by the victim's own objective. Empty is off.
   """
   distance: str = 'l2'
   tv_weight: float = 0.0
@@ -194,6 +203,7 @@ class Objective:
   layer_weights: tuple[tuple[str, float], ...] = ()
   bn_weight: float = 0.0
   feature_weight: float = 0.0
+  relu_smoothing: tuple[tuple[float, float], ...] = ()
 
   def __post_init__(self):
     _choice('distance', self.distance, tuple(objectives.DISTANCES))
@@ -208,6 +218,21 @@ class Objective:
     _at_least('prior_weight', self.prior_weight, 0)
     _at_least('bn_weight', self.bn_weight, 0)
     _at_least('feature_weight', self.feature_weight, 0)
+    try:
+      stages = tuple((float(e), float(v)) for e, v in self.relu_smoothing)
+    except (TypeError, ValueError):
+      raise errors.FieldError(
+          'relu_smoothing', 'must be ((end, sharpness), ...), got '
+          f'{self.relu_smoothing!r}.') from None
+    ends = [e for e, _ in stages]
+    if (any(not v > 0 for _, v in stages)
+        or any(not 0 < e < 1 for e in ends) or ends != sorted(set(ends))):
+      raise errors.FieldError(
+          'relu_smoothing', 'needs ends increasing in (0, 1) (fractions '
+          'of num_steps: the attack ends on the victim itself) and '
+          f'sharpness > 0, got {self.relu_smoothing!r}.')
+    # A tuple of tuples of Python numbers, so that the attack hashes.
+    object.__setattr__(self, 'relu_smoothing', stages)
 
   @property
   def uses_tv(self) -> bool:
@@ -508,16 +533,43 @@ def tv_weight_at(attack: Attack, step: ArrayLike) -> jax.Array:
   return obj.tv_final_weight + (start - obj.tv_final_weight) * cosine
 
 
+def relu_sharpness_at(attack: Attack, step: ArrayLike) -> jax.Array:
+  """The ReLU smoothing's sharpness at `step`; 0 is the victim itself."""
+  sharpness = jnp.zeros((), jnp.float32)
+  for end, value in reversed(attack.objective.relu_smoothing):
+    sharpness = jnp.where(
+        jnp.asarray(step) < round(end * attack.num_steps), value, sharpness)
+  return sharpness
+
+
+def _victim(attack: Attack, step: ArrayLike) -> Callable[[Any], Any]:
+  """Wraps a function of the victim in the ReLU smoothing at `step`.
+
+  The function's own derivatives are left as traced: wrap what is then
+  differentiated (the model), not a gradient.
+  """
+  if not attack.objective.relu_smoothing:
+    return lambda fn: fn
+  sharpness = relu_sharpness_at(attack, step)
+  return lambda fn: models.smooth_relu(fn, sharpness)
+
+
 def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
               target: Target, step: ArrayLike = 0) -> jax.Array:
   """Distance between the dummy data's update and the target, plus priors.
 
-  `step` sets the TV weight when it is annealed (`tv_weight_at`); the
-  default, 0, gives the objective's `tv_weight`.
+  `step` sets the TV weight when it is annealed (`tv_weight_at`) and the
+  ReLU smoothing's sharpness (`relu_sharpness_at`); the default, 0, gives
+  the objective's `tv_weight` and its first smoothing stage.
   """
   obj = attack.objective
-  grads = attack.threat.shared_update(
-      params, variables['x'], dummy_labels(attack, variables, target))
+  victim = _victim(attack, step)
+  # Smoothed before it is differentiated: the update's backward pass then
+  # sees the softplus's slope, not the ReLU's step.
+  threat = dataclasses.replace(attack.threat,
+                               apply_fn=victim(attack.threat.apply_fn))
+  grads = threat.shared_update(params, variables['x'],
+                               dummy_labels(attack, variables, target))
   goal = target.grads
   if target.mask is not None:
     apply = lambda g, m: g * jnp.asarray(m, g.dtype)
@@ -540,14 +592,15 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
         lambda x: objectives.gaussian_prior_penalty(target.prior, x))(
             variables['x']))
   if obj.bn_weight:
-    value += obj.bn_weight * _bn_penalty(attack, params, variables['x'],
-                                         target.bn_stats)
+    value += obj.bn_weight * victim(
+        lambda p, x: _bn_penalty(attack, p, x, target.bn_stats))(
+            params, variables['x'])
   if obj.feature_weight:
     if target.features is None:
       raise ValueError('Objective.feature_weight > 0 needs Target.features; '
                        'make_target reads them off the gradient.')
-    features = models.classifier_input(attack.threat.apply_fn, params,
-                                       variables['x'])[0]
+    features = victim(lambda p, x: models.classifier_input(
+        attack.threat.apply_fn, p, x))(params, variables['x'])[0]
     value += obj.feature_weight * (
         jnp.sum(jnp.square(features - target.features))
         / jnp.maximum(jnp.sum(jnp.square(target.features)), 1e-12))
@@ -692,6 +745,12 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
   fn = lambda v: objective(attack, params, v, target, state.step)
   value, grad = jax.value_and_grad(fn)(state.variables)
   improved = jnp.isfinite(value) & (value < state.best_value)
+  if attack.objective.relu_smoothing:
+    # A new smoothing stage is a new objective: its best starts afresh.
+    improved = jnp.isfinite(value) & (
+        (value < state.best_value)
+        | (relu_sharpness_at(attack, state.step)
+           != relu_sharpness_at(attack, state.step - 1)))
   best = jax.tree.map(lambda a, b: jnp.where(improved, a, b),
                       state.variables, state.best)
   best_value = jnp.where(improved, value, state.best_value)
@@ -708,9 +767,11 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
                           state.snapshots)
   if tolerance is None:
     tolerance = _tolerance(attack, target)
-  converged_step = jnp.where(
-      (state.converged_step < 0) & (best_value <= tolerance),
-      state.step, state.converged_step)
+  converged = best_value <= tolerance
+  if attack.objective.relu_smoothing:  # only the victim's own objective
+    converged &= relu_sharpness_at(attack, state.step) == 0
+  converged_step = jnp.where((state.converged_step < 0) & converged,
+                             state.step, state.converged_step)
   success = batch_success(best['x'], target.ground_truth, attack.success_psnr)
   success_step = jnp.where((state.success_step < 0) & success, state.step,
                            state.success_step)

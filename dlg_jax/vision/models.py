@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.extend.core as jex_core
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from dlg_jax.core import client
 
@@ -470,16 +471,6 @@ def classifier_input(apply_fn: Any, params: Any, x: jax.Array) -> jax.Array:
   return args[0].reshape(x.shape[0], -1)
 
 
-def _has_relu(jaxpr: Any) -> bool:
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'max' and any(
-        isinstance(v, jex_core.Literal) and v.val == 0 for v in eqn.invars):
-      return True
-    if any(_has_relu(sub) for sub in jex_core.jaxprs_in_params(eqn.params)):
-      return True
-  return False
-
-
 def has_relu(apply_fn: Callable[..., Any], params: Any,
              image_shape: Sequence[int]) -> bool:
   """Whether the model computes `max(x, 0)` (a ReLU) anywhere.
@@ -491,6 +482,109 @@ def has_relu(apply_fn: Callable[..., Any], params: Any,
   """
   x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   return _has_relu(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
+
+
+def _is_relu(eqn: Any) -> bool:
+  return eqn.primitive.name == 'max' and any(
+      isinstance(v, jex_core.Literal) and v.val == 0 for v in eqn.invars)
+
+
+def _has_relu(jaxpr: Any) -> bool:
+  for eqn in jaxpr.eqns:
+    if _is_relu(eqn):
+      return True
+    if any(_has_relu(sub) for sub in jex_core.jaxprs_in_params(eqn.params)):
+      return True
+  return False
+
+
+def _soft_max0(z: jax.Array, sharpness: jax.Array) -> jax.Array:
+  """`softplus(s z) / s` where `sharpness` s > 0, else `max(z, 0)`."""
+  on = sharpness > 0
+  s = jnp.where(on, sharpness, 1.0).astype(z.dtype)  # no 0 * inf inside
+  return jnp.where(on, jax.nn.softplus(s * z) / s, jnp.maximum(z, 0))
+
+
+# Primitives that call a sub-program once on their operands: inlined where
+# it holds a ReLU.
+_CALLS = ('jit', 'pjit', 'closed_call', 'core_call', 'remat', 'checkpoint',
+          'custom_jvp_call', 'custom_vjp_call', 'custom_vjp_call_jaxpr')
+
+
+def _eval_smoothed(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
+                   sharpness: jax.Array) -> list[Any]:
+  """Evaluates `jaxpr` with every `max(z, 0)` through `_soft_max0`.
+
+  Calls (`jit`, `custom_jvp_call`, `custom_vjp_call`) that hold a ReLU are
+  inlined, their custom rules dropped (the smoothed function is plainly
+  differentiable); every other equation is bound as it was traced.
+  """
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    subs = list(jex_core.jaxprs_in_params(eqn.params))
+    if _is_relu(eqn):
+      z = next(x for v, x in zip(eqn.invars, invals)
+               if not isinstance(v, jex_core.Literal))
+      outs = [_soft_max0(jnp.broadcast_to(z, eqn.outvars[0].aval.shape),
+                         sharpness)]
+    elif subs and any(_has_relu(sub) for sub in subs):
+      if eqn.primitive.name not in _CALLS:
+        raise NotImplementedError(
+            f'smooth_relu: a ReLU inside {eqn.primitive.name!r} (control '
+            'flow) cannot be smoothed; only one inside calls can.')
+      sub = next(eqn.params[k] for k in ('jaxpr', 'call_jaxpr')
+                 if k in eqn.params)
+      outs = _eval_smoothed(getattr(sub, 'jaxpr', sub),
+                            getattr(sub, 'consts', ()), invals, sharpness)
+    else:
+      outs = eqn.primitive.bind(*invals, **eqn.params)
+      if not eqn.primitive.multiple_results:
+        outs = [outs]
+    for v, x in zip(eqn.outvars, outs):
+      env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def smooth_relu(fn: Callable[..., Any], sharpness: ArrayLike
+                ) -> Callable[..., Any]:
+  """`fn` with each ReLU `max(z, 0)` it computes made `softplus(s z) / s`.
+
+  A continuation for attacks on ReLU victims (`Objective.relu_smoothing`):
+  through ReLUs the gradient distance is a staircase, flat between the
+  points where a unit switches, and a local optimiser stalls on a step
+  (docs/victims.md); the softplus of sharpness `s` rounds each switch over
+  a width of about `1 / s` in the unit's input, so that early steps see
+  a slope across it. Read off the traced program, as `has_relu`, so it
+  works for any function of any model (linen or NNX), e.g. the victim's
+  `apply_fn`; `s` may be traced (annealed inside a jitted loop), and
+  `s <= 0` gives `fn` exactly. Derivatives traced inside `fn` (a gradient
+  it computes) keep the ReLU's step: smooth the model, then differentiate.
+
+  Args:
+    fn: a function of arrays (pytrees).
+    sharpness: `s`, a scalar.
+
+  Returns:
+    A function with `fn`'s arguments and outputs.
+  """
+  sharpness = jnp.asarray(sharpness, jnp.float32)
+
+  def smoothed(*args):
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outs = _eval_smoothed(closed.jaxpr, closed.consts,
+                          jax.tree.leaves(args), sharpness)
+    return jax.tree.unflatten(jax.tree.structure(shape), outs)
+
+  return smoothed
 
 
 def make_apply_fn(model: nn.Module) -> ModelApply:

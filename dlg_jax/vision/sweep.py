@@ -279,7 +279,8 @@ def _sha(*arrays: Any) -> str:
 
 # `Attack` fields added after workdirs were written, with their defaults.
 _ADDED_FIELDS = {'schedule': 'cosine', 'signed': False, 'box': False,
-                 'bn_weight': 0.0, 'feature_weight': 0.0}
+                 'bn_weight': 0.0, 'feature_weight': 0.0,
+                 'relu_smoothing': ()}
 
 
 def _attack_fields(attack: attack_lib.Attack) -> dict[str, Any]:
