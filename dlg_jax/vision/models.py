@@ -337,7 +337,11 @@ def init_params(model: nn.Module, key: jax.Array,
   if len(image_shape) != 3:
     raise ValueError(
         f'image_shape must be [h, w, c], got {tuple(image_shape)}.')
-  variables = dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32)))
+  # One compiled program: op by op, the initialisers' random-number ops
+  # each compile on their own (the ConvNet: 7.7 s against 3.2 s, the
+  # same bits).
+  variables = dict(jax.jit(model.init)(
+      key, jnp.zeros((1, *image_shape), jnp.float32)))
   params = variables.pop('params')
   if not variables:
     return params
