@@ -27,7 +27,7 @@ labels right): CIFAR-100 images 2-6 at 26.5, 26.6, 40.7, 28.3 and 28.8 dB,
 mean 30.2; images 7-11, never used before, at 26.5, 35.9, 30.7, 31.4 and
 28.9, mean 30.7. Without the smoothing (2,000 steps, 2 restarts), images
 2-6 averaged 28.5; the recipe as published (TV 0.01, no feature term),
-24.6. One image takes 44 s of attack on the 2-core CPU.
+24.6. One image takes 37 s of attack, 60 s of process, on the 2-core CPU.
 
 `:bn` is the BatchNorm ConvNet (`model.norm='batch'`) attacked with
 GradInversion's BatchNorm-statistics prior (`bn_weight` 0.01: GradAttack's
