@@ -480,7 +480,8 @@ def check_victim(attack: attack_lib.Attack, model,
     logging.warning(
         'The victim computes ReLUs: DLG\'s L-BFGS stalls on them (a ReLU '
         'ConvNet ends at 11-21 dB on CIFAR-100, docs/victims.md); '
-        'configs/ig.py is the attack the field uses on such victims.')
+        'configs/ig.py (Inverting Gradients\' recipe with a ReLU smoothing) '
+        'is the attack for such victims.')
 
 
 def _check_relu_smoothing(attack: attack_lib.Attack, params: Any,
