@@ -287,11 +287,14 @@ class NormTest(parameterized.TestCase):
         models.get_model(name, num_classes=10, norm='group'),
         (size, size, 3)), client.Victim)
 
-  @parameterized.parameters(('relu', True), ('sigmoid', False),
-                            ('gelu', False))
-  def test_has_relu_reads_the_program(self, activation, expected):
+  @parameterized.parameters(('relu', 'none', True), ('sigmoid', 'none', False),
+                            ('gelu', 'none', False), ('relu', 'batch', True),
+                            ('sigmoid', 'batch', False),
+                            ('sigmoid', 'group', False))
+  def test_has_relu_reads_the_program(self, activation, norm, expected):
+    # A normalisation layer's variance clamp, max(0, var), is no ReLU.
     model = models.get_model('convnet', num_classes=10, widths=(4,),
-                             activation=activation)
+                             activation=activation, norm=norm)
     params = _abstract_params(model, (8, 8, 3))
     self.assertEqual(models.has_relu(models.make_apply_fn(model), params,
                                      (8, 8, 3)), expected)
@@ -319,12 +322,14 @@ class NormTest(parameterized.TestCase):
           params, s)
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     self.assertGreater(float(jnp.abs(got - exact).max()), 0.0)
-    # A sigmoid model has no ReLU: unchanged.
+    # A sigmoid model has no ReLU, and BatchNorm's variance clamp,
+    # max(0, var), is none: unchanged.
     sig = models.get_model('convnet', num_classes=10, widths=(4,),
-                           activation='sigmoid')
+                           activation='sigmoid', norm='batch')
     sig_fn = models.make_apply_fn(sig)
+    victim = models.init_params(sig, jax.random.key(0), x.shape[1:])
     np.testing.assert_array_equal(
-        models.smooth_relu(sig_fn, 10.0)(params, x), sig_fn(params, x))
+        models.smooth_relu(sig_fn, 10.0)(victim, x), sig_fn(victim, x))
 
   def test_smooth_relu_refuses_a_relu_inside_control_flow(self):
     def scanned(x):

@@ -479,6 +479,9 @@ def has_relu(apply_fn: Callable[..., Any], params: Any,
              image_shape: Sequence[int]) -> bool:
   """Whether the model computes `max(x, 0)` (a ReLU) anywhere.
 
+  The zero second, as `jax.nn.relu` writes it; a normalisation layer's
+  variance clamp, `max(0, v)`, is no ReLU.
+
   Read off the traced program (nothing is compiled or run), so it works for
   any model, a user's linen or NNX module included. DLG's L-BFGS stalls on
   such victims (see configs/ig.py and docs/victims.md), which a launcher
@@ -489,8 +492,16 @@ def has_relu(apply_fn: Callable[..., Any], params: Any,
 
 
 def _is_relu(eqn: Any) -> bool:
-  return eqn.primitive.name == 'max' and any(
-      isinstance(v, jex_core.Literal) and v.val == 0 for v in eqn.invars)
+  """`max(z, 0)`, the zero second, as `jax.nn.relu` and user code write it.
+
+  Flax's normalisation layers clamp a variance as `max(0, v)`, the zero
+  first: not a ReLU, and left alone.
+  """
+  if eqn.primitive.name != 'max' or len(eqn.invars) != 2:
+    return False
+  z, zero = eqn.invars
+  return (not isinstance(z, jex_core.Literal)
+          and isinstance(zero, jex_core.Literal) and zero.val == 0)
 
 
 def _has_relu(jaxpr: Any) -> bool:
@@ -561,6 +572,10 @@ def _eval_smoothed(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
 def smooth_relu(fn: Callable[..., Any], sharpness: ArrayLike
                 ) -> Callable[..., Any]:
   """`fn` with each ReLU `max(z, 0)` it computes made `softplus(s z) / s`.
+
+  A ReLU is `max(z, 0)` with the zero second (`jax.nn.relu`, and so flax's
+  `nn.relu` and `nnx.relu`, or `jnp.maximum(z, 0)`); the variance clamp of
+  flax's normalisation layers, `max(0, v)`, is left as it is.
 
   A continuation for attacks on ReLU victims (`Objective.relu_smoothing`):
   through ReLUs the gradient distance is a staircase, flat between the
