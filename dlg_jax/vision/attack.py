@@ -192,7 +192,9 @@ class Objective:
       rounding each unit's switch over a width of about `1 / sharpness` in
       its input; after the last stage, the victim exactly. The best point is
       kept within each stage (a stage change starts it afresh), so the
-      result is judged by the victim's own objective. Empty is off.
+      result is judged by the victim's own objective. Measured to lift the
+      ReLU ConvNet without normalisation and to sink the BatchNorm one
+      (docs/victims.md). Empty is off.
   """
   distance: str = 'l2'
   tv_weight: float = 0.0
