@@ -566,10 +566,11 @@ def objective(attack: Attack, params: Any, variables: dict[str, jax.Array],
   """
   obj = attack.objective
   victim = _victim(attack, step)
-  # Smoothed before it is differentiated: the update's backward pass then
-  # sees the softplus's slope, not the ReLU's step.
-  threat = dataclasses.replace(attack.threat,
-                               apply_fn=victim(attack.threat.apply_fn))
+  threat = attack.threat
+  if obj.relu_smoothing:
+    # Smoothed before it is differentiated: the update's backward pass then
+    # sees the softplus's slope, not the ReLU's step.
+    threat = dataclasses.replace(threat, apply_fn=victim(threat.apply_fn))
   grads = threat.shared_update(params, variables['x'],
                                dummy_labels(attack, variables, target))
   goal = target.grads
@@ -746,13 +747,12 @@ def attack_step(attack: Attack, params: Any, state: AttackState,
   """
   fn = lambda v: objective(attack, params, v, target, state.step)
   value, grad = jax.value_and_grad(fn)(state.variables)
-  improved = jnp.isfinite(value) & (value < state.best_value)
+  better = value < state.best_value
   if attack.objective.relu_smoothing:
     # A new smoothing stage is a new objective: its best starts afresh.
-    improved = jnp.isfinite(value) & (
-        (value < state.best_value)
-        | (relu_sharpness_at(attack, state.step)
-           != relu_sharpness_at(attack, state.step - 1)))
+    better |= (relu_sharpness_at(attack, state.step)
+               != relu_sharpness_at(attack, state.step - 1))
+  improved = jnp.isfinite(value) & better
   best = jax.tree.map(lambda a, b: jnp.where(improved, a, b),
                       state.variables, state.best)
   best_value = jnp.where(improved, value, state.best_value)

@@ -547,9 +547,8 @@ def _eval_smoothed(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
     invals = [read(v) for v in eqn.invars]
     subs = list(jex_core.jaxprs_in_params(eqn.params))
     if _is_relu(eqn):
-      z = next(x for v, x in zip(eqn.invars, invals)
-               if not isinstance(v, jex_core.Literal))
-      outs = [_soft_max0(jnp.broadcast_to(z, eqn.outvars[0].aval.shape),
+      outs = [_soft_max0(jnp.broadcast_to(invals[0],
+                                          eqn.outvars[0].aval.shape),
                          sharpness)]
     elif subs and any(_has_relu(sub) for sub in subs):
       if eqn.primitive.name not in _CALLS:
