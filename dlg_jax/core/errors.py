@@ -19,7 +19,7 @@ Example:
   ConfigError: config.data.npz: ... missing.npz ...
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import functools
 import sys
 from typing import Any
@@ -41,6 +41,30 @@ class FieldError(ValueError):
     super().__init__(f'{field} {message}')
     self.field = field
     self.message = message
+
+
+def target_counts(flag: str, values: Sequence[Any]) -> list[int]:
+  """A list flag's values as target counts (ints >= 1), or a ConfigError.
+
+  Args:
+    flag: the flag's name as typed, e.g. `'--parallel'`; it starts the
+      message.
+    values: the flag's values (strings from `flags.DEFINE_list`, or ints).
+
+  Returns:
+    The counts, in order (empty for an empty list).
+
+  Raises:
+    ConfigError: a value that is not an integer >= 1.
+  """
+  try:
+    counts = [int(n) for n in values]
+  except ValueError:
+    counts = []
+  if len(counts) != len(values) or not all(n >= 1 for n in counts):
+    raise ConfigError(
+        f'{flag} must be target counts >= 1, got {list(values)}.')
+  return counts
 
 
 def under(key: str | Callable[[str], str], fn: Callable[..., Any], *args,

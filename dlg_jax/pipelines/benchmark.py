@@ -40,14 +40,7 @@ def check_args(*, count: int, parallel_counts: Sequence[Any], budget: int,
     if value < 1:
       raise errors.ConfigError(f'--{name} must be >= 1, got {value}.')
   errors.under('--model', models.get_model, model, num_classes=100)
-  try:
-    counts = [int(n) for n in parallel_counts]
-  except ValueError:
-    counts = []
-  if not all(n >= 1 for n in counts) or len(counts) != len(parallel_counts):
-    raise errors.ConfigError(
-        f'--parallel must be target counts >= 1, got {parallel_counts}.')
-  return counts
+  return errors.target_counts('--parallel', parallel_counts)
 
 
 def setup(n: int, model_name: str):

@@ -39,13 +39,9 @@ def check_args(*, baseline: str, targets: Sequence[Any], rounds: int,
     raise errors.ConfigError(
         f'--baseline must be the root of a dlg_jax checkout (a folder '
         f'holding dlg_jax/), got {baseline!r}.')
-  try:
-    counts = [int(n) for n in targets]
-  except ValueError:
-    counts = []
-  if not counts or len(counts) != len(targets) or min(counts) < 1:
-    raise errors.ConfigError(
-        f'--targets must be target counts >= 1, got {list(targets)}.')
+  counts = errors.target_counts('--targets', targets)
+  if not counts:
+    raise errors.ConfigError('--targets must name at least one count.')
   if rounds < 2:
     raise errors.ConfigError(f'--rounds must be >= 2, got {rounds}.')
   if steps < 1:
